@@ -1,0 +1,1 @@
+"""HTTP layer: dependencies, the one error table, and multipart responses."""

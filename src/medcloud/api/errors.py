@@ -1,0 +1,59 @@
+"""The one table from domain exception to HTTP status and `{"error_desc","error_code"}` body."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medcloud import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[errors.MedcloudError], int] = {
+    errors.Invalid: 400,
+    errors.Conflict: 400,
+    errors.NotFound: 404,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.Unavailable: 503,
+}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error_desc": message, "error_code": status})
+
+
+def describe_validation_error(exc: RequestValidationError) -> str:
+    """One sentence naming each field that is wrong, e.g. "Field `name`: Field required"."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        where = ".".join(loc) or "request body"
+        parts.append(f"Field `{where}`: {err.get('msg', 'invalid')}")
+    return "Invalid Input. " + "; ".join(parts) + "."
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on the app."""
+
+    @app.exception_handler(errors.MedcloudError)
+    async def _domain(_request: Request, exc: errors.MedcloudError) -> JSONResponse:
+        status = next((code for cls, code in STATUS_BY_ERROR.items() if isinstance(exc, cls)), 400)
+        return error_response(status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, describe_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("Unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"Internal server error: {type(exc).__name__}")

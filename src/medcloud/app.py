@@ -1,0 +1,64 @@
+"""`create_app(settings)`: the FastAPI application, its routers and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from medcloud import __version__
+from medcloud.api import errors
+from medcloud.auth.router import router as auth_router
+from medcloud.config import Settings
+from medcloud.context import Context
+from medcloud.datasets.router import router as datasets_router
+from medcloud.experiments.router import router as experiments_router
+from medcloud.workspaces.router import router as workspaces_router
+
+log = logging.getLogger(__name__)
+
+
+async def _sweep_cache(ctx: Context) -> None:
+    """Evict expired cache entries now and then (off the event loop)."""
+    while True:
+        await asyncio.sleep(ctx.settings.cache_sweep_interval_s)
+        try:
+            removed = await asyncio.to_thread(ctx.cache.sweep)
+            if removed:
+                log.info("Evicted %d expired cached image(s)", removed)
+        except Exception:
+            log.exception("Cache sweep failed")
+
+
+def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:
+    """Build the app; the context (DB, cache, model hosts) lives as long as the app runs."""
+    ctx = context or Context.build(settings or Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep_cache(ctx))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await ctx.hosts.stop_all()
+            ctx.close()
+
+    app = FastAPI(title="medcloud", version=__version__, lifespan=lifespan)
+    app.state.context = ctx
+    errors.install(app)
+    for router in (auth_router, workspaces_router, datasets_router, experiments_router):
+        app.include_router(router)
+
+    @app.get("/api/v1/health/liveness")
+    def liveness() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/api/v1/health/readiness")
+    def readiness() -> dict:
+        return {"status": "ok", "version": __version__}
+
+    return app

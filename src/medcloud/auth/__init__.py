@@ -1,0 +1,1 @@
+"""Orgs, users, API keys and bearer tokens."""

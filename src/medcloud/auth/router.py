@@ -1,0 +1,33 @@
+"""`POST /api/v1/login`: exchange an API key for a bearer token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from medcloud.api.body import parse_body
+from medcloud.api.deps import CtxDep
+from medcloud.auth import service
+
+router = APIRouter()
+
+
+class LoginRequest(BaseModel):
+    ngc_api_key: str = Field(min_length=1)
+
+
+@router.post("/api/v1/login", status_code=201)
+async def login(request: Request, ctx: CtxDep) -> JSONResponse:
+    """Accepts the body with or without a JSON content type, as the guides send it."""
+    body = await parse_body(request, LoginRequest)
+
+    def run() -> tuple[str, str]:
+        with ctx.db.session() as session:
+            return service.login(
+                session, api_key=body.ngc_api_key, signing_key=ctx.signing_key, ttl_s=ctx.settings.token_ttl_s
+            )
+
+    user_id, token = await run_in_threadpool(run)
+    return JSONResponse(status_code=201, content={"user_id": user_id, "token": token})

@@ -1,0 +1,1 @@
+"""MONAI bundles: fetched from allowed places, unpacked safely, checked, kept per experiment."""

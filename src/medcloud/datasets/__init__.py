@@ -1,0 +1,1 @@
+"""Datasets: a manifest on object storage or a DICOMweb server, and their actions."""

@@ -1,0 +1,80 @@
+"""The synchronous dataset actions: `nextimage`, `cacheimage` (API.md §3.1–3.2)."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from medcloud.context import Context
+from medcloud.datasets import service
+from medcloud.datasets.orm import Dataset
+from medcloud.datasets.schemas import CacheImageSpecs
+from medcloud.errors import Invalid, NotFound
+from medcloud.sources.base import DataSource
+
+log = logging.getLogger(__name__)
+
+
+def fetch_cached(ctx: Context, *, dataset_id: str, image_id: str, source: DataSource | None,
+                 ttl_s: int | None = None) -> list[Path]:
+    """Local files of the image: from the cache, else fetched once through `source` (blocking)."""
+    hit = ctx.cache.lookup(dataset_id, image_id)
+    if hit is not None:
+        return hit
+    if source is None:
+        raise Invalid(f"Image {image_id} is not cached and its dataset cannot be read.")
+    return ctx.cache.get_or_fetch(dataset_id, image_id, lambda dest: source.fetch(image_id, dest), ttl_s=ttl_s)
+
+
+def start_caching(ctx: Context, *, dataset_id: str, image_id: str, source: DataSource, ttl_s: int | None) -> Future:
+    """Fetch in the background; failures are logged (the next inference will report them)."""
+
+    def run() -> list[Path]:
+        try:
+            return fetch_cached(ctx, dataset_id=dataset_id, image_id=image_id, source=source, ttl_s=ttl_s)
+        except Exception:
+            log.exception("Caching image %s of dataset %s failed", image_id, dataset_id)
+            raise
+
+    return ctx.background.submit(run)
+
+
+def _cache_specs(specs: dict[str, Any], max_ttl: int) -> CacheImageSpecs:
+    if "image" not in specs:
+        raise Invalid("Invalid Input. Spec is missing `image`")
+    try:
+        parsed = CacheImageSpecs.model_validate(specs)
+    except ValidationError:
+        raise Invalid("Invalid Input. `image` must be a non-empty string and `ttl` an integer number of seconds.") from None
+    if parsed.ttl is not None and parsed.ttl <= 0:
+        raise Invalid("Invalid Input. `ttl` must be a positive number of seconds.")
+    ttl = min(parsed.ttl or max_ttl, max_ttl)
+    return parsed.model_copy(update={"ttl": ttl})
+
+
+def cacheimage(ctx: Context, *, row: Dataset, specs: dict[str, Any]) -> dict:
+    """Check the image exists, then fetch it in the background; `{}` at once."""
+    parsed = _cache_specs(specs, ctx.settings.image_cache_max_ttl_s)
+    if ctx.cache.lookup(row.id, parsed.image, ttl_s=parsed.ttl) is not None:
+        return {}
+    source = service.source_of(row, ctx.box)
+    source.check_image(parsed.image)
+    start_caching(ctx, dataset_id=row.id, image_id=parsed.image, source=source, ttl_s=parsed.ttl)
+    return {}
+
+
+def nextimage(ctx: Context, *, row: Dataset, pick: Any) -> dict:
+    """An unlabeled image, least recently served first, and start caching it.
+
+    `pick(candidates) -> image_id | None` records the choice in the database (the caller's session).
+    """
+    source = service.source_of(row, ctx.box)
+    image_id = pick(source.unlabeled_ids())
+    if image_id is None:
+        raise NotFound("No Unlabeled Images Found")
+    start_caching(ctx, dataset_id=row.id, image_id=image_id, source=source, ttl_s=None)
+    return {"image": image_id, "meta": source.meta(image_id)}

@@ -1,0 +1,88 @@
+"""Routes of `/datasets` and `/datasets/{id}/jobs` (the synchronous dataset actions)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from medcloud.api.body import parse_body
+from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
+from medcloud.api.listing import apply_list_params
+from medcloud.datasets import actions, service
+from medcloud.datasets.schemas import DatasetAction, DatasetCreate, DatasetJob, DatasetPatch
+from medcloud.experiments import service as experiments
+
+router = APIRouter(prefix="/api/v1/orgs/{org}/datasets")
+
+
+@router.post("", status_code=201)
+async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
+    body = await parse_body(request, DatasetCreate)
+
+    def run() -> dict:
+        kind, _source = service.open_source(
+            client_url=body.client_url, client_id=body.client_id, client_secret=body.client_secret,
+            filters=body.filters, verify=True,
+        )
+        with ctx.db.session() as session:
+            out = service.create(session, org=caller.org, user_id=caller.user_id, body=body, kind=kind, box=ctx.box)
+            return out.model_dump(mode="json")
+
+    return JSONResponse(status_code=201, content=await run_in_threadpool(run))
+
+
+@router.get("")
+def list_datasets(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
+    with ctx.db.session() as session:
+        items = [d.model_dump(mode="json") for d in service.list_all(session, org=caller.org, user_id=caller.user_id)]
+    return apply_list_params(request, items, "datasets")
+
+
+@router.get("/{dataset_id}")
+def get_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+    did = checked_uuid(dataset_id, "Dataset")
+    with ctx.db.session() as session:
+        row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
+        return service.to_out(row).model_dump(mode="json")
+
+
+@router.patch("/{dataset_id}")
+async def patch_dataset(dataset_id: str, request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
+    did = checked_uuid(dataset_id, "Dataset")
+    body = await parse_body(request, DatasetPatch)
+
+    def run() -> dict:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
+            return service.patch(session, row=row, body=body).model_dump(mode="json")
+
+    return await run_in_threadpool(run)
+
+
+@router.delete("/{dataset_id}")
+def delete_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+    did = checked_uuid(dataset_id, "Dataset")
+    with ctx.db.session() as session:
+        row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
+        out = service.delete(session, row=row, users=experiments.names_using_dataset(session, dataset_id=did))
+    ctx.cache.drop_dataset(did)
+    return out.model_dump(mode="json")
+
+
+@router.post("/{dataset_id}/jobs", status_code=201)
+async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
+    did = checked_uuid(dataset_id, "Dataset")
+    job = await parse_body(request, DatasetJob)
+
+    def run() -> dict:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
+            if job.action == DatasetAction.CACHEIMAGE:
+                return actions.cacheimage(ctx, row=row, specs=job.specs)
+            if job.action == DatasetAction.NEXTIMAGE:
+                pick = lambda ids: service.pick_least_recently_served(session, dataset_id=did, candidates=ids)  # noqa: E731
+                return actions.nextimage(ctx, row=row, pick=pick)
+            return actions.notify(ctx, session=session, row=row, specs=job.specs)
+
+    return JSONResponse(status_code=201, content=await run_in_threadpool(run))

@@ -1,0 +1,104 @@
+"""Datasets: create after checking the source, list, patch, delete, and open their DataSource."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from medcloud.datasets.orm import Dataset, ServedImage
+from medcloud.datasets.schemas import DatasetCreate, DatasetOut, DatasetPatch
+from medcloud.errors import Conflict, NotFound
+from medcloud.secrets import SecretBox
+from medcloud.sources.base import DataSource
+
+
+def is_dicomweb(client_url: str, filters: str | None) -> bool:
+    """DICOMweb roots are recognised by their path (Orthanc's `/dicom-web`, `/dicomweb`, `/wado`…)."""
+    lowered = client_url.lower().rstrip("/")
+    return filters is not None or any(tag in lowered for tag in ("dicom-web", "dicomweb", "/wado", "/rs"))
+
+
+def open_source(*, client_url: str, client_id: str | None, client_secret: str | None,
+                filters: str | None, verify: bool) -> tuple[str, DataSource]:
+    """Connect to the source (blocking I/O); `verify` also checks every listed file (at creation)."""
+    if is_dicomweb(client_url, filters):
+        from medcloud.sources.dicomweb import DicomWebSource
+
+        return "dicomweb", DicomWebSource.open(client_url, client_id, client_secret, filters=filters)
+    from medcloud.sources.objectstore import ObjectStoreSource
+
+    return "objectstore", ObjectStoreSource.open(client_url, client_id, client_secret, check_files=verify)
+
+
+def source_of(row: Dataset, box: SecretBox) -> DataSource:
+    secrets = box.open(row.sealed_secrets)
+    _kind, source = open_source(
+        client_url=row.client_url, client_id=secrets.get("client_id"),
+        client_secret=secrets.get("client_secret"), filters=row.filters, verify=False,
+    )
+    return source
+
+
+def to_out(row: Dataset) -> DatasetOut:
+    return DatasetOut(
+        id=row.id, name=row.name, description=row.description, type=row.type, format=row.format,
+        client_url=row.client_url, filters=row.filters, created_on=row.created_on, last_modified=row.last_modified,
+    )
+
+
+def create(session: Session, *, org: str, user_id: str, body: DatasetCreate, kind: str, box: SecretBox) -> DatasetOut:
+    row = Dataset(
+        org=org, user_id=user_id, name=body.name, description=body.description, type=body.type,
+        format=body.format, source_kind=kind, client_url=body.client_url, filters=body.filters,
+        sealed_secrets=box.seal({"client_id": body.client_id, "client_secret": body.client_secret}),
+    )
+    session.add(row)
+    session.flush()
+    return to_out(row)
+
+
+def get_row(session: Session, *, org: str, user_id: str, dataset_id: str) -> Dataset:
+    row = session.get(Dataset, dataset_id)
+    if row is None or row.org != org or row.user_id != user_id:
+        raise NotFound(f"Dataset {dataset_id} not found.")
+    return row
+
+
+def list_all(session: Session, *, org: str, user_id: str) -> list[DatasetOut]:
+    rows = session.scalars(select(Dataset).where(Dataset.org == org, Dataset.user_id == user_id))
+    return [to_out(row) for row in rows]
+
+
+def patch(session: Session, *, row: Dataset, body: DatasetPatch) -> DatasetOut:
+    for key, value in body.model_dump(exclude_none=True).items():
+        setattr(row, key, value)
+    session.flush()
+    return to_out(row)
+
+
+def delete(session: Session, *, row: Dataset, users: list[str]) -> DatasetOut:
+    """Delete unless `users` (experiments referencing it) is non-empty."""
+    if users:
+        raise Conflict(f"Dataset in use by experiment(s) {', '.join(users)}.")
+    out = to_out(row)
+    session.execute(ServedImage.__table__.delete().where(ServedImage.dataset_id == row.id))
+    session.delete(row)
+    return out
+
+
+def pick_least_recently_served(session: Session, *, dataset_id: str, candidates: list[str]) -> str | None:
+    """Choose the candidate served longest ago (never-served first) and mark it served now."""
+    if not candidates:
+        return None
+    served = {
+        s.image_id: s for s in session.scalars(select(ServedImage).where(ServedImage.dataset_id == dataset_id))
+    }
+    choice = min(candidates, key=lambda image_id: (served[image_id].served_at if image_id in served else -1.0))
+    if choice in served:
+        served[choice].served_at = time.time()
+    else:
+        session.add(ServedImage(dataset_id=dataset_id, image_id=choice, served_at=time.time()))
+    session.flush()
+    return choice

@@ -1,0 +1,95 @@
+"""Engine and session factory for the metadata database (SQLite by default, any SQLAlchemy URL)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, DateTime, Engine, String, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    type_annotation_map = {dict: JSON, list: JSON}
+
+
+class Timestamped:
+    """Mixin: `created_on` and `last_modified`, kept by the ORM."""
+
+    created_on: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Owned(Timestamped):
+    """Mixin of a user's resource inside an org: every query filters on both."""
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org: Mapped[str] = mapped_column(String(128), index=True)
+    user_id: Mapped[str] = mapped_column(String(36), index=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    description: Mapped[str] = mapped_column(String(4096), default="")
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine; SQLite gets WAL and a busy timeout so threads share it safely."""
+    is_sqlite = url.startswith("sqlite")
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
+        pool_pre_ping=not is_sqlite,
+    )
+    if is_sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create all tables (import every orm module first so they are registered)."""
+    from medcloud.auth import orm as _auth  # noqa: F401
+    from medcloud.datasets import orm as _datasets  # noqa: F401
+    from medcloud.experiments import orm as _experiments  # noqa: F401
+    from medcloud.workspaces import orm as _workspaces  # noqa: F401
+
+    Base.metadata.create_all(engine)
+
+
+class Database:
+    """Owns the engine and hands out sessions; the caller owns the transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        create_schema(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Experiments: a model (custom bundle or VISTA-3D) with its datasets, real-time host and jobs."""

@@ -1,0 +1,120 @@
+"""Preparing an experiment's model (bundle fetch and checks) and serving its real-time inference."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from medcloud.archives import ArchiveError, is_archive, safe_extract
+from medcloud.bundles.fetch import fetch_bundle
+from medcloud.bundles.validate import check_bundle, labels_from_metadata
+from medcloud.context import Context
+from medcloud.datasets import actions as dataset_actions
+from medcloud.datasets import service as datasets
+from medcloud.errors import Invalid
+from medcloud.experiments import catalogue
+from medcloud.experiments.orm import Experiment
+from medcloud.experiments.schemas import ExperimentCreate, InferenceSpecs, NetworkArch
+from medcloud.inference.hosts import HostSpec
+
+URL_IMAGES = "url-images"  # cache namespace of images given as URLs
+
+
+def prepare_model(ctx: Context, *, body: ExperimentCreate, base_row: Experiment | None, exp_dir: Path) -> tuple[str, dict[str, str]]:
+    """Put the experiment's bundle in `exp_dir/bundle` (blocking); return its folder and labels."""
+    if body.network_arch == NetworkArch.VISTA3D:
+        return prepare_vista3d(ctx, body=body)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    bundle_dir = exp_dir / "bundle"
+    if body.bundle_url:
+        fetch_bundle(body.bundle_url, bundle_dir, ctx.settings)
+    else:
+        assert base_row is not None
+        shutil.copytree(base_row.bundle_dir, bundle_dir, symlinks=False)
+    meta = check_bundle(bundle_dir, realtime=body.realtime_infer)
+    labels = body.model_params.labels or labels_from_metadata(meta)
+    return str(bundle_dir), labels
+
+
+def prepare_vista3d(ctx: Context, *, body: ExperimentCreate) -> tuple[str, dict[str, str]]:
+    _version, base_labels = catalogue.vista3d_labels()
+    labels = body.model_params.labels or dict(base_labels)
+    if not body.realtime_infer:
+        return "", labels
+    if not ctx.settings.vista3d_bundle:
+        raise Invalid(
+            "VISTA-3D weights are not configured on this server: set MEDCLOUD_VISTA3D_BUNDLE to the URL or "
+            "path of a VISTA-3D bundle in the official layout (zip or folder) and restart medcloud."
+        )
+    from medcloud.inference.vista3d_bundle import ensure_vista3d_bundle
+
+    return str(ensure_vista3d_bundle(ctx.settings)), labels
+
+
+def host_spec(row: Experiment) -> HostSpec:
+    params = row.model_params or {}
+    kind = "vista3d" if row.network_arch == NetworkArch.VISTA3D else "bundle"
+    return HostSpec(
+        experiment_id=row.id, kind=kind, bundle_dir=row.bundle_dir, overrides=params.get("override") or {},
+        image_key=params.get("image_key", "image"), labels=params.get("labels") or {},
+    )
+
+
+def _download_image(url: str, dest: Path) -> list[Path]:
+    """Download an image URL once; zip and tar archives are unpacked (a DICOM series, say)."""
+    name = Path(httpx.URL(url).path).name or "image"
+    target = dest / name
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=60) as resp:
+            if resp.status_code != 200:
+                raise Invalid(f"Error: downloading {url} answered HTTP {resp.status_code}.")
+            with open(target, "wb") as out:
+                for chunk in resp.iter_bytes(1 << 20):
+                    out.write(chunk)
+    except httpx.HTTPError as exc:
+        raise Invalid(f"Error: could not download {url}: {exc}") from None
+    if is_archive(target):
+        unpacked = dest / "unpacked"
+        try:
+            safe_extract(target, unpacked)
+        except ArchiveError as exc:
+            raise Invalid(f"Error: {exc}") from None
+        target.unlink()
+        return sorted(p for p in unpacked.rglob("*") if p.is_file())
+    return [target]
+
+
+def resolve_image(ctx: Context, *, row: Experiment, specs: InferenceSpecs) -> str:
+    """The local path of the image to infer on (blocking: fetches it unless cached)."""
+    if specs.image.startswith(("http://", "https://")):
+        key = hashlib.sha256(specs.image.encode()).hexdigest()[:32]
+        files = ctx.cache.get_or_fetch(URL_IMAGES, key, lambda dest: _download_image(specs.image, dest))
+    else:
+        dataset_id = specs.dataset_id or row.inference_dataset or (row.train_datasets or [None])[0]
+        if not dataset_id:
+            raise Invalid("Error: the experiment has no inference_dataset or train dataset; pass specs.dataset_id.")
+        files = ctx.cache.lookup(dataset_id, specs.image)
+        if files is None:
+            with ctx.db.session() as session:
+                ds = datasets.get_row(session, org=row.org, user_id=row.user_id, dataset_id=dataset_id)
+            source = datasets.source_of(ds, ctx.box)
+            source.check_image(specs.image)
+            files = dataset_actions.fetch_cached(ctx, dataset_id=dataset_id, image_id=specs.image, source=source)
+    if not files:
+        raise Invalid(f"Error: image {specs.image} has no files.")
+    return str(files[0]) if len(files) == 1 else str(_common_parent(files))
+
+
+def _common_parent(files: list[Path]) -> Path:
+    parent = files[0].parent
+    while not all(f.is_relative_to(parent) for f in files):
+        parent = parent.parent
+    return parent
+
+
+def bundle_params(specs: InferenceSpecs) -> dict[str, Any]:
+    return dict(specs.bundle_params)

@@ -1,0 +1,188 @@
+"""Routes of `/experiments`, `/experiments:base` and the real-time `inference` action."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from medcloud.api.body import parse_body, validate
+from medcloud.api.deps import Caller, CallerDep, CtxDep, checked_uuid
+from medcloud.api.listing import apply_list_params
+from medcloud.bundles.fetch import BundleError
+from medcloud.context import Context
+from medcloud.db import new_id
+from medcloud.errors import Invalid
+from medcloud.experiments import catalogue, realtime, service
+from medcloud.experiments.orm import Experiment
+from medcloud.experiments.schemas import ExperimentAction, ExperimentCreate, ExperimentJob, ExperimentPatch, InferenceSpecs
+from medcloud.inference.outputs import encode_multipart
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1/orgs/{org}")
+
+
+@router.get("/experiments:base")
+def list_base_experiments(request: Request, caller: CallerDep) -> dict:
+    items = [b.model_dump(mode="json") for b in catalogue.base_experiments()]
+    return apply_list_params(request, items, "experiments")
+
+
+@router.get("/experiments")
+def list_experiments(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
+    with ctx.db.session() as session:
+        items = [service.to_out(r).model_dump(mode="json") for r in
+                 service.list_rows(session, org=caller.org, user_id=caller.user_id)]
+    if request.query_params.get("user_only", "false").lower() != "true":
+        items += [b.model_dump(mode="json") for b in catalogue.base_experiments()]
+    return apply_list_params(request, items, "experiments")
+
+
+async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
+    body = service.normalise(body)
+
+    def check() -> Experiment | None:
+        with ctx.db.session() as session:
+            return service.check_references(session, org=caller.org, user_id=caller.user_id, body=body)
+
+    base_row = await run_in_threadpool(check)
+    exp_id = new_id()
+    exp_dir = ctx.settings.data_dir / "experiments" / exp_id
+    row = Experiment(
+        id=exp_id, org=caller.org, user_id=caller.user_id, name=body.name, description=body.description,
+        network_arch=body.network_arch.value, base_experiment=body.base_experiment,
+        train_datasets=body.train_datasets, eval_dataset=body.eval_dataset, inference_dataset=body.inference_dataset,
+        realtime_infer=body.realtime_infer, realtime_infer_request_timeout=body.realtime_infer_request_timeout,
+        bundle_url=body.bundle_url, workspace=body.workspace,
+    )
+    try:
+        bundle_dir, labels = await run_in_threadpool(
+            realtime.prepare_model, ctx, body=body, base_row=base_row, exp_dir=exp_dir
+        )
+        row.bundle_dir = bundle_dir
+        row.model_params = {**body.model_params.model_dump(exclude_none=True), "labels": labels}
+        _seal_cloud_details(ctx, row, body)
+        if body.realtime_infer:
+            await ctx.hosts.start(realtime.host_spec(row), timeout=body.realtime_infer_request_timeout)
+
+        def insert() -> dict:
+            with ctx.db.session() as session:
+                session.add(row)
+                session.flush()
+                return service.to_out(row).model_dump(mode="json")
+
+        return await run_in_threadpool(insert)
+    except BaseException as exc:
+        if isinstance(exc, BundleError):
+            log.warning("Bundle %s rejected: %s", body.bundle_url, exc.detail)
+        await ctx.hosts.stop(exp_id)
+        await run_in_threadpool(shutil.rmtree, exp_dir, True)
+        raise
+
+
+def _seal_cloud_details(ctx: Context, row: Experiment, body: ExperimentCreate) -> None:
+    """Inline storage of older clients: secrets sealed, the rest kept as given."""
+    details = dict(body.cloud_details or {})
+    secret_keys = {"access_key", "secret_key", "account_key", "client_secret", "credentials"}
+    row.cloud_details = {k: v for k, v in details.items() if k not in secret_keys}
+    row.sealed_cloud_secrets = ctx.box.seal({k: v for k, v in details.items() if k in secret_keys})
+
+
+@router.post("/experiments", status_code=201)
+async def create_experiment(request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
+    body = await parse_body(request, ExperimentCreate)
+    return JSONResponse(status_code=201, content=await _create(ctx, caller, body))
+
+
+@router.get("/experiments/{experiment_id}")
+def get_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+    eid = checked_uuid(experiment_id, "Experiment")
+    base = catalogue.get_base(eid)
+    if base is not None:
+        return base.model_dump(mode="json")
+    with ctx.db.session() as session:
+        row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
+        return service.to_out(row).model_dump(mode="json")
+
+
+@router.patch("/experiments/{experiment_id}")
+async def patch_experiment(experiment_id: str, request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
+    eid = checked_uuid(experiment_id, "Experiment")
+    body = await parse_body(request, ExperimentPatch)
+
+    def run() -> tuple[dict, bool]:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
+            stopped = service.apply_patch(session, row=row, body=body)
+            return service.to_out(row).model_dump(mode="json"), stopped
+
+    out, stopped = await run_in_threadpool(run)
+    if stopped:
+        await ctx.hosts.stop(eid)
+    return out
+
+
+@router.delete("/experiments/{experiment_id}")
+async def delete_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+    eid = checked_uuid(experiment_id, "Experiment")
+
+    def check() -> None:
+        with ctx.db.session() as session:
+            service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
+
+    await run_in_threadpool(check)
+    await ctx.hosts.stop(eid)
+
+    def delete() -> dict:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
+            return service.delete_row(session, row=row).model_dump(mode="json")
+
+    out = await run_in_threadpool(delete)
+    await run_in_threadpool(shutil.rmtree, ctx.settings.data_dir / "experiments" / eid, True)
+    return out
+
+
+@router.post("/experiments/{experiment_id}/jobs", status_code=201)
+async def experiment_action(experiment_id: str, request: Request, caller: CallerDep, ctx: CtxDep) -> Response:
+    eid = checked_uuid(experiment_id, "Experiment")
+    job = await parse_body(request, ExperimentJob)
+
+    def load() -> Experiment:
+        with ctx.db.session() as session:
+            return service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
+
+    row = await run_in_threadpool(load)
+    if job.action != ExperimentAction.INFERENCE:
+        raise Invalid(f"Action {job.action.value} is not supported by this server yet.")
+    return await _inference(ctx, row, job)
+
+
+async def _inference(ctx: Context, row: Experiment, job: ExperimentJob) -> Response:
+    if "image" not in job.specs:
+        raise Invalid("Invalid Input. Spec is missing `image`")
+    specs = validate(InferenceSpecs, job.specs)
+    if specs.dataset_id:
+        specs = specs.model_copy(update={"dataset_id": checked_uuid(specs.dataset_id, "Dataset")})
+    if not row.realtime_infer:
+        raise Invalid(
+            f"Error: real-time inference is off for experiment {row.id}; create an experiment with "
+            "realtime_infer true to run inference."
+        )
+    image = await run_in_threadpool(realtime.resolve_image, ctx, row=row, specs=specs)
+    files = await ctx.hosts.infer(
+        realtime.host_spec(row), image=image, params=realtime.bundle_params(specs),
+        timeout=row.realtime_infer_request_timeout,
+    )
+    if not files:
+        raise Invalid("Error: the model produced no output file.")
+    body, content_type = await run_in_threadpool(encode_multipart, files)
+    return Response(content=body, status_code=201, media_type=None, headers={"Content-Type": content_type})
+
+
+def experiment_dir(ctx: Context, experiment_id: str) -> Path:
+    return ctx.settings.data_dir / "experiments" / experiment_id

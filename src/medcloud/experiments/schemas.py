@@ -1,0 +1,124 @@
+"""Request and response shapes of experiments and experiment actions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FORBIDDEN_OVERRIDES = ("bundle_root", "workflow_type", "ckpt_dir", "finetune_model_path")
+
+
+class NetworkArch(StrEnum):
+    CUSTOM = "monai_custom"
+    SEGMENTATION = "monai_segmentation"
+    CLASSIFICATION = "monai_classification"
+    ANNOTATION = "monai_annotation"
+    VISTA3D = "monai_vista3d"
+
+
+CUSTOM_ARCHS = {NetworkArch.CUSTOM, NetworkArch.SEGMENTATION, NetworkArch.CLASSIFICATION, NetworkArch.ANNOTATION}
+
+
+class ExperimentAction(StrEnum):
+    INFERENCE = "inference"
+    TRAIN = "train"
+    ANNOTATION = "annotation"
+    BATCHINFER = "batchinfer"
+
+
+class ModelParams(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    labels: dict[str, str] | None = None
+    override: dict[str, Any] = Field(default_factory=dict)
+    image_key: str = Field(default="image", min_length=1)
+    replicas: int = Field(default=1, ge=1, le=8)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("Labels cannot be empty")
+        for key in value:
+            if not key.isdigit() or not 0 < int(key) < 256:
+                raise ValueError(f"label index {key!r} must be an integer from 1 to 255")
+        return {str(int(k)): v for k, v in value.items()}
+
+    @field_validator("override")
+    @classmethod
+    def _override(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(k for k in value if k.split("#")[0] in FORBIDDEN_OVERRIDES)
+        if bad:
+            raise ValueError(f"override may not set {', '.join(bad)}")
+        return value
+
+
+class ExperimentCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(min_length=1, max_length=256)
+    description: str = ""
+    network_arch: NetworkArch
+    base_experiment: list[str] = Field(default_factory=list)
+    train_datasets: list[str] = Field(default_factory=list)
+    eval_dataset: str | None = None
+    inference_dataset: str | None = None
+    realtime_infer: bool = False
+    realtime_infer_request_timeout: int = Field(default=60, gt=0, le=24 * 3600)
+    bundle_url: str | None = None
+    workspace: str | None = None
+    cloud_details: dict[str, Any] | None = None
+    model_params: ModelParams = Field(default_factory=ModelParams)
+
+
+class ExperimentPatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    description: str | None = None
+    realtime_infer: bool | None = None
+    realtime_infer_request_timeout: int | None = Field(default=None, gt=0, le=24 * 3600)
+    eval_dataset: str | None = None
+    inference_dataset: str | None = None
+    train_datasets: list[str] | None = None
+
+
+class ExperimentOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    network_arch: str
+    version: str | None = None
+    base_experiment: list[str]
+    train_datasets: list[str]
+    eval_dataset: str | None
+    inference_dataset: str | None
+    realtime_infer: bool
+    realtime_infer_support: bool
+    realtime_infer_request_timeout: int
+    bundle_url: str | None
+    workspace: str | None
+    model_params: dict[str, Any]
+    actions: list[str]
+    jobs: list[str] = Field(default_factory=list)
+    public: bool = False
+    created_on: datetime
+    last_modified: datetime
+
+
+class ExperimentJob(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    action: ExperimentAction
+    specs: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+    description: str | None = None
+    parent_job_id: str | None = None
+
+
+class InferenceSpecs(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    image: str = Field(min_length=1)
+    bundle_params: dict[str, Any] = Field(default_factory=dict)
+    dataset_id: str | None = None

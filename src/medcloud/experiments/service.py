@@ -1,0 +1,133 @@
+"""Experiments: validation of references, create/list/get/patch/delete rows."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from medcloud.datasets.orm import Dataset
+from medcloud.errors import Conflict, Invalid, NotFound
+from medcloud.experiments import catalogue
+from medcloud.experiments.orm import Experiment
+from medcloud.experiments.schemas import CUSTOM_ARCHS, ExperimentCreate, ExperimentOut, ExperimentPatch, NetworkArch
+from medcloud.workspaces.orm import Workspace
+
+CUSTOM_ACTIONS = ["train", "inference", "annotation", "batchinfer"]
+
+
+def to_out(row: Experiment, jobs: list[str] | None = None) -> ExperimentOut:
+    return ExperimentOut(
+        id=row.id, name=row.name, description=row.description, network_arch=row.network_arch,
+        base_experiment=list(row.base_experiment), train_datasets=list(row.train_datasets),
+        eval_dataset=row.eval_dataset, inference_dataset=row.inference_dataset,
+        realtime_infer=row.realtime_infer, realtime_infer_support=True,
+        realtime_infer_request_timeout=row.realtime_infer_request_timeout, bundle_url=row.bundle_url,
+        workspace=row.workspace, model_params=dict(row.model_params), actions=CUSTOM_ACTIONS,
+        jobs=jobs or [], created_on=row.created_on, last_modified=row.last_modified,
+    )
+
+
+def _uuid(value: str, kind: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise Invalid(f"{kind} ID passed is not a valid UUID") from None
+
+
+def check_datasets(session: Session, *, org: str, user_id: str, ids: list[str], arch: str) -> None:
+    """Each referenced dataset exists and is the caller's; VISTA-3D needs segmentation datasets."""
+    for dataset_id in ids:
+        row = session.get(Dataset, dataset_id)
+        if row is None or row.org != org or row.user_id != user_id:
+            raise Invalid(f"Dataset {dataset_id} does not exist.")
+        if arch == NetworkArch.VISTA3D and row.type != "semantic_segmentation":
+            raise Invalid(f"Dataset {dataset_id} has type {row.type}; monai_vista3d needs semantic_segmentation.")
+
+
+def normalise(body: ExperimentCreate) -> ExperimentCreate:
+    """Canonical UUIDs everywhere (400 for any that is not one)."""
+    return body.model_copy(update={
+        "train_datasets": [_uuid(d, "Dataset") for d in body.train_datasets],
+        "eval_dataset": _uuid(body.eval_dataset, "Dataset") if body.eval_dataset else None,
+        "inference_dataset": _uuid(body.inference_dataset, "Dataset") if body.inference_dataset else None,
+        "base_experiment": [_uuid(b, "Experiment") for b in body.base_experiment],
+        "workspace": _uuid(body.workspace, "Workspace") if body.workspace else None,
+    })
+
+
+def check_references(session: Session, *, org: str, user_id: str, body: ExperimentCreate) -> Experiment | None:
+    """Validate datasets, workspace and base experiments; return the caller's base experiment row, if any."""
+    ids = [*body.train_datasets, *(d for d in (body.eval_dataset, body.inference_dataset) if d)]
+    check_datasets(session, org=org, user_id=user_id, ids=ids, arch=body.network_arch)
+    if body.workspace:
+        ws = session.get(Workspace, body.workspace)
+        if ws is None or ws.org != org or ws.user_id != user_id:
+            raise Invalid(f"Workspace {body.workspace} does not exist.")
+    base_row = None
+    for base_id in body.base_experiment:
+        public = catalogue.get_base(base_id)
+        if public is not None:
+            if public.network_arch != body.network_arch:
+                raise Invalid(f"Base experiment {base_id} is {public.network_arch}, not {body.network_arch}.")
+            continue
+        row = session.get(Experiment, base_id)
+        if row is None or row.org != org or row.user_id != user_id:
+            raise Invalid(f"Base experiment {base_id} does not exist.")
+        base_row = row
+    if body.network_arch in CUSTOM_ARCHS and not body.bundle_url and base_row is None:
+        raise Invalid(f"bundle_url is required for network_arch {body.network_arch.value} without a base experiment.")
+    if body.network_arch == NetworkArch.VISTA3D and not body.base_experiment:
+        raise Invalid("monai_vista3d needs base_experiment: the id of \"MONAI VISTA3d\" from experiments:base.")
+    return base_row
+
+
+def get_row(session: Session, *, org: str, user_id: str, experiment_id: str) -> Experiment:
+    row = session.get(Experiment, experiment_id)
+    if row is None or row.org != org or row.user_id != user_id:
+        raise NotFound(f"Experiment {experiment_id} not found.")
+    return row
+
+
+def list_rows(session: Session, *, org: str, user_id: str) -> list[Experiment]:
+    return list(session.scalars(select(Experiment).where(Experiment.org == org, Experiment.user_id == user_id)))
+
+
+def apply_patch(session: Session, *, row: Experiment, body: ExperimentPatch) -> bool:
+    """Apply the patch; return True when real-time inference was just turned off."""
+    if body.realtime_infer is True and not row.realtime_infer:
+        raise Invalid("Can only change realtime_infer from True to False.")
+    ids = [d for d in [*(body.train_datasets or []), body.eval_dataset, body.inference_dataset] if d]
+    check_datasets(session, org=row.org, user_id=row.user_id, ids=[_uuid(d, "Dataset") for d in ids],
+                   arch=row.network_arch)
+    for key in ("name", "description", "realtime_infer_request_timeout"):
+        if getattr(body, key) is not None:
+            setattr(row, key, getattr(body, key))
+    for key in ("eval_dataset", "inference_dataset"):
+        if getattr(body, key) is not None:
+            setattr(row, key, _uuid(getattr(body, key), "Dataset"))
+    if body.train_datasets is not None:
+        row.train_datasets = [_uuid(d, "Dataset") for d in body.train_datasets]
+    stopped = body.realtime_infer is False and row.realtime_infer
+    if body.realtime_infer is False:
+        row.realtime_infer = False
+    session.flush()
+    return stopped
+
+
+def names_using_dataset(session: Session, *, dataset_id: str) -> list[str]:
+    rows = session.scalars(select(Experiment))
+    return [r.name for r in rows if dataset_id in (*r.train_datasets, r.eval_dataset, r.inference_dataset)]
+
+
+def names_using_workspace(session: Session, *, workspace_id: str) -> list[str]:
+    return [r.name for r in session.scalars(select(Experiment).where(Experiment.workspace == workspace_id))]
+
+
+def delete_row(session: Session, *, row: Experiment, busy_jobs: int = 0) -> ExperimentOut:
+    if busy_jobs:
+        raise Conflict("Experiment in use")
+    out = to_out(row)
+    session.delete(row)
+    return out

@@ -1,0 +1,121 @@
+"""Predictors run inside a model-host process: they load a model once and answer requests warm.
+
+A `BundlePredictor` runs a MONAI bundle's own inference config (`configs/inference.json`): it
+instantiates the network and runs the bundle's `initialize` (which loads the checkpoint) once, then
+for each request builds a fresh evaluator around the same warm network with `dataset#data` set to
+the one image, so nothing a bundle opens for its own data list (`test_fp`, `datalist`) is evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from monai.bundle import ConfigParser
+
+log = logging.getLogger(__name__)
+
+# Defaults for real-time output (API.md §3.4); `model_params.override` comes on top of them.
+REALTIME_DEFAULTS: dict[str, Any] = {
+    "output_ext": ".nrrd",
+    "output_postfix": "seg",
+    "output_dtype": "$numpy.uint8",
+    "separate_folder": False,
+}
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+
+
+class Predictor(Protocol):
+    """What a model host needs from a model."""
+
+    def load(self) -> None:
+        """Load weights and warm up; raise with a sentence on failure."""
+
+    def predict(self, image: str, params: dict[str, Any], out_dir: Path) -> list[Path]:
+        """Write the output files for one image into `out_dir` and return them."""
+
+    def swap_weights(self, weights: Path) -> None:
+        """Replace the weights in place, without a gap in service."""
+
+
+def find_config(bundle_dir: Path) -> Path:
+    for name in CONFIG_NAMES:
+        path = bundle_dir / "configs" / name
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"No configs/inference.json|yaml in {bundle_dir}")
+
+
+class BundlePredictor:
+    """Serves a custom MONAI bundle through its own inference config.
+
+    Args:
+        bundle_dir: the unpacked bundle (holds `configs/` and `models/`).
+        overrides: config overrides (`model_params.override`), applied after the real-time defaults.
+        image_key: the key of the image in the bundle's input item.
+
+    Example:
+        >>> predictor = BundlePredictor(Path("spleen"), {"output_ext": ".nii.gz"})
+        >>> predictor.load()
+        >>> predictor.predict("/data/ct.nii.gz", {}, Path("/tmp/out"))
+        [PosixPath('/tmp/out/ct_seg.nii.gz')]
+    """
+
+    def __init__(self, bundle_dir: Path, overrides: dict[str, Any] | None = None, image_key: str = "image") -> None:
+        self.bundle_dir = bundle_dir.resolve()
+        self.overrides = {**REALTIME_DEFAULTS, **(overrides or {})}
+        self.image_key = image_key
+        self._config = ConfigParser.load_config_file(find_config(self.bundle_dir))
+        meta_path = self.bundle_dir / "configs" / "metadata.json"
+        self._meta = ConfigParser.load_config_file(meta_path) if meta_path.exists() else {}
+        self._network: torch.nn.Module | None = None
+
+    def _parser(self, items: list[dict[str, Any]], out_dir: Path) -> ConfigParser:
+        parser = ConfigParser(copy.deepcopy(self._config))
+        parser.read_meta(copy.deepcopy(self._meta))
+        parser["bundle_root"] = str(self.bundle_dir)
+        for key, value in self.overrides.items():
+            parser[key] = value
+        parser["output_dir"] = "$" + repr(str(out_dir))
+        parser["dataset#data"] = items
+        if "dataloader" in parser and isinstance(parser["dataloader"], dict):
+            parser["dataloader#num_workers"] = 0  # one image: worker start-up would dominate
+        if self._network is not None:
+            parser["network"] = self._network
+        return parser
+
+    def load(self) -> None:
+        parser = self._parser([], self.bundle_dir / ".medcloud-warmup")
+        for index in range(len(parser.get("initialize", None) or [])):
+            parser.get_parsed_content(f"initialize#{index}")
+        self._network = parser.get_parsed_content("network")
+        self._network.eval()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One forward pass on zeros of the bundle's declared input shape, so the first request is warm."""
+        spec = (self._meta.get("network_data_format") or {}).get("inputs", {}).get(self.image_key, {})
+        shape, channels = spec.get("spatial_shape"), spec.get("num_channels")
+        if not shape or not channels or not all(isinstance(s, int) for s in shape):
+            return
+        device = next(self._network.parameters()).device
+        try:
+            with torch.no_grad():
+                self._network(torch.zeros(1, channels, *shape, device=device))
+        except Exception as exc:  # a bundle with an unusual input contract: warming up is only an optimisation
+            log.info("Warm-up forward pass skipped: %s", exc)
+
+    def predict(self, image: str, params: dict[str, Any], out_dir: Path) -> list[Path]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        parser = self._parser([{**params, self.image_key: image}], out_dir)
+        parser.get_parsed_content("evaluator").run()
+        return sorted(p for p in out_dir.rglob("*") if p.is_file())
+
+    def swap_weights(self, weights: Path) -> None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        self._network.load_state_dict(state)  # type: ignore[union-attr]
