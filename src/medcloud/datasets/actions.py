@@ -78,3 +78,33 @@ def nextimage(ctx: Context, *, row: Dataset, pick: Any) -> dict:
         raise NotFound("No Unlabeled Images Found")
     start_caching(ctx, dataset_id=row.id, image_id=image_id, source=source, ttl_s=None)
     return {"image": image_id, "meta": source.meta(image_id)}
+
+
+NOTIFY_SECTIONS = ("added", "updated", "removed")
+
+
+def _notify_entries(specs: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """`(section, image, label)` of every entry, or Invalid naming the first problem."""
+    unknown = sorted(set(specs) - set(NOTIFY_SECTIONS))
+    if unknown:
+        raise Invalid(f"Invalid Input. Unknown notify section(s) {', '.join(unknown)}; use added, updated or removed.")
+    if not any(specs.get(s) for s in NOTIFY_SECTIONS):
+        raise Invalid("Invalid Input. notify needs at least one of added, updated or removed.")
+    entries = []
+    for section in NOTIFY_SECTIONS:
+        items = specs.get(section) or []
+        for item in items if isinstance(items, list) else [items]:
+            if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k] for k in ("image", "label")):
+                raise Invalid(f"Invalid Input. Each entry of `{section}` needs string `image` and `label` ids.")
+            entries.append((section, item["image"], item["label"]))
+    return entries
+
+
+def notify(ctx: Context, *, session: Any, row: Dataset, specs: dict[str, Any]) -> dict:
+    """Record label changes durably (one row each) in the caller's transaction."""
+    from medcloud.datasets.orm import Notification
+
+    for section, image_id, label_id in _notify_entries(specs):
+        session.add(Notification(dataset_id=row.id, section=section, image_id=image_id, label_id=label_id))
+    session.flush()
+    return {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from medcloud.db import Base, Owned, new_id
+from medcloud.db import Base, Owned, Timestamped, new_id
 
 
 class Dataset(Base, Owned):
@@ -27,3 +27,14 @@ class ServedImage(Base):
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     image_id: Mapped[str] = mapped_column(String(256))
     served_at: Mapped[float] = mapped_column(Float)
+
+
+class Notification(Base, Timestamped):
+    """One durable `notify` entry: an image whose label was added, updated or removed."""
+
+    __tablename__ = "notifications"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    section: Mapped[str] = mapped_column(String(16))
+    image_id: Mapped[str] = mapped_column(String(256))
+    label_id: Mapped[str] = mapped_column(String(256))

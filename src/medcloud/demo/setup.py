@@ -1,0 +1,81 @@
+"""`prepare_demo`: the demo org, user and key, a local demo dataset and demo bundles, ready for guide 000."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TextIO
+
+from sqlalchemy import select
+
+from medcloud.auth import service as auth
+from medcloud.context import Context
+from medcloud.datasets.orm import Dataset
+from medcloud.datasets.schemas import DatasetCreate
+from medcloud.datasets import service as datasets
+from medcloud.sources.manifest import parse_manifest
+
+DEMO_DATASET = "demo-dataset"
+
+
+def _demo_key(ctx: Context) -> str:
+    """The demo key, created once and kept (mode 0600) beside the database so it can be shown again."""
+    path = ctx.settings.data_dir / "demo-api-key.txt"
+    if path.exists():
+        return path.read_text().strip()
+    with ctx.db.session() as session:
+        key = auth.create_api_key(session, org=ctx.settings.demo_org, user=ctx.settings.demo_user)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def _demo_dataset(ctx: Context, user_id: str, root: Path) -> tuple[str, str]:
+    """Register the demo dataset for the demo user (once); return its id and an image id."""
+    from medcloud.demo.synthetic import write_demo_dataset
+
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        manifest_path = write_demo_dataset(root)
+    manifest = parse_manifest(manifest_path.read_bytes(), source=str(manifest_path))
+    image_id = next(i.id for i in manifest.images if i.paths[0].endswith(".nii.gz"))
+    with ctx.db.session() as session:
+        row = session.scalar(select(Dataset).where(Dataset.user_id == user_id, Dataset.name == DEMO_DATASET))
+        if row is None:
+            body = DatasetCreate(name=DEMO_DATASET, description="Synthetic CT and RGB images made by medcloud",
+                                 client_url=str(root))
+            out = datasets.create(session, org=ctx.settings.demo_org, user_id=user_id, body=body,
+                                  kind="objectstore", box=ctx.box)
+            return out.id, image_id
+        return row.id, image_id
+
+
+def prepare_demo(ctx: Context, out: TextIO) -> None:
+    """Create what guide 000 needs and print how to use it."""
+    from medcloud.demo.bundles import ensure_demo_bundles, pack_bundle
+
+    demo_dir = ctx.settings.data_dir / "demo"
+    print("medcloud demo: preparing demo bundles (trained once on synthetic data, then cached)…", file=out, flush=True)
+    folders = ensure_demo_bundles(demo_dir / "bundles")
+    zips = {}
+    for kind, folder in folders.items():
+        target = demo_dir / "bundles" / f"{folder.name}.zip"
+        zips[kind] = target if target.exists() else pack_bundle(folder, demo_dir / "bundles", "zip")
+    key = _demo_key(ctx)
+    with ctx.db.session() as session:
+        user_id, _token = auth.login(session, api_key=key, signing_key=ctx.signing_key, ttl_s=60)
+    dataset_id, image_id = _demo_dataset(ctx, user_id, demo_dir / "dataset")
+    base = f"http://{ctx.settings.host}:{ctx.settings.port}"
+    print(
+        "\nmedcloud demo is ready. In guide 000 set:\n"
+        f'  host_url = "{base}"\n'
+        f'  ngc_api_key = "{key}"\n'
+        f'  base_url = f"{{host_url}}/api/v1/orgs/{ctx.settings.demo_org}"\n'
+        f'  container_url = "{demo_dir / "dataset"}"   # demo dataset (already registered: {dataset_id})\n'
+        f'  inference_image_id = "{image_id}"\n'
+        f'  bundle_url = "file://{zips["segmentation"]}"   # or file://{zips["classification"]}\n'
+        "The demo API key is:",
+        file=out,
+    )
+    print(key, file=out, flush=True)

@@ -1,0 +1,93 @@
+"""Shared fixtures: an in-process app with real model hosts, users in two orgs, and trained demo bundles."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from medcloud.app import create_app
+from medcloud.auth import service as auth
+from medcloud.config import Settings
+from medcloud.context import Context
+
+REPO = Path(__file__).resolve().parents[1]
+# Trained demo bundles are deterministic: build them once per checkout and reuse them.
+BUNDLE_CACHE = Path(os.environ.get("MEDCLOUD_TEST_CACHE", REPO / ".medcloud" / "test-cache"))
+
+
+@dataclass
+class Api:
+    """A running app plus logged-in users: alice and bob in org `acme`, eve in org `other`."""
+
+    client: TestClient
+    ctx: Context
+    tokens: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def headers(self, user: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[user]}"}
+
+    def url(self, path: str, org: str = "acme") -> str:
+        return f"/api/v1/orgs/{org}/{path.lstrip('/')}"
+
+    def get(self, path: str, user: str = "alice", org: str = "acme", **kw):  # type: ignore[no-untyped-def]
+        return self.client.get(self.url(path, org), headers=self.headers(user), **kw)
+
+    def post(self, path: str, user: str = "alice", org: str = "acme", **kw):  # type: ignore[no-untyped-def]
+        return self.client.post(self.url(path, org), headers=self.headers(user), **kw)
+
+    def patch(self, path: str, user: str = "alice", org: str = "acme", **kw):  # type: ignore[no-untyped-def]
+        return self.client.patch(self.url(path, org), headers=self.headers(user), **kw)
+
+    def delete(self, path: str, user: str = "alice", org: str = "acme", **kw):  # type: ignore[no-untyped-def]
+        return self.client.delete(self.url(path, org), headers=self.headers(user), **kw)
+
+
+USERS = {"alice": "acme", "bob": "acme", "eve": "other"}
+
+
+def make_api(data_dir: Path, **settings: object) -> Iterator[Api]:
+    ctx = Context.build(Settings(data_dir=data_dir, demo=False, **settings))
+    with TestClient(create_app(context=ctx)) as client:
+        api = Api(client=client, ctx=ctx)
+        for user, org in USERS.items():
+            with ctx.db.session() as session:
+                api.keys[user] = auth.create_api_key(session, org=org, user=user)
+            resp = client.post("/api/v1/login", json={"ngc_api_key": api.keys[user]})
+            assert resp.status_code == 201, resp.text
+            api.tokens[user] = resp.json()["token"]
+        yield api
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    yield from make_api(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def demo_bundles() -> dict[str, Path]:
+    from medcloud.demo.bundles import ensure_demo_bundles
+
+    return ensure_demo_bundles(BUNDLE_CACHE)
+
+
+@pytest.fixture(scope="session")
+def demo_zips(demo_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo bundles packed as zip archives, as a user would upload them."""
+    from medcloud.demo.bundles import pack_bundle
+
+    out = tmp_path_factory.mktemp("zips")
+    return {kind: pack_bundle(folder, out, "zip") for kind, folder in demo_bundles.items()}
+
+
+@pytest.fixture
+def local_dataset(tmp_path: Path) -> Path:
+    """A synthetic dataset folder with manifest.json (CT NIfTIs, some labeled, and RGB PNGs)."""
+    from medcloud.demo.synthetic import write_demo_dataset
+
+    return write_demo_dataset(tmp_path / "dataset").parent
