@@ -29,7 +29,7 @@ def open_source(*, client_url: str, client_id: str | None, client_secret: str | 
         return "dicomweb", DicomWebSource.open(client_url, client_id, client_secret, filters=filters)
     from medcloud.sources.objectstore import ObjectStoreSource
 
-    return "objectstore", ObjectStoreSource.open(client_url, client_id, client_secret, check_files=verify)
+    return "objectstore", ObjectStoreSource.open(client_url, client_id, client_secret)
 
 
 def source_of(row: Dataset, box: SecretBox) -> DataSource:

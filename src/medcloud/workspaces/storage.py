@@ -33,11 +33,9 @@ def location(cloud_type: str, details: dict, secrets: dict) -> StoreLocation:
         client_id, client_secret = secrets.get("access_key"), secrets.get("secret_key")
     if cloud_type == CloudType.AZURE and not client_id:
         raise Invalid("Invalid Input. An azure workspace needs `account_name` and `access_key`.")
-    return objectstore.parse_client_url(
-        workspace_url(cloud_type, details), client_id, client_secret, manifest=False
-    )
+    return objectstore.parse_client_url(workspace_url(cloud_type, details), client_id, client_secret)
 
 
 def check(loc: StoreLocation) -> None:
     """Connect and list the bucket; raises Invalid with a sentence naming the cause."""
-    objectstore.check_root(loc)
+    objectstore.check_access(loc)

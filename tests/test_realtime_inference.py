@@ -1,0 +1,137 @@
+"""Real-time inference on custom bundles: warm hosts, content of the multipart reply, stop and delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from helpers import csv_rows, dice, multipart_parts, nifti_array, nrrd_voxels, wait_for
+
+
+def create_dataset(api, root, user="alice"):
+    resp = api.post("datasets", user=user, json={
+        "name": "local", "type": "semantic_segmentation", "format": "monai", "client_url": str(root),
+    })
+    assert resp.status_code == 201, resp.text
+    return resp.json()["id"]
+
+
+def create_experiment(api, dataset_id, bundle_zip, **extra):
+    body = {
+        "name": "rt", "network_arch": "monai_custom", "train_datasets": [dataset_id],
+        "eval_dataset": dataset_id, "realtime_infer": True, "bundle_url": f"file://{bundle_zip}", **extra,
+    }
+    resp = api.post("experiments", json=body)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def manifest_entries(root):
+    return json.loads((root / "manifest.json").read_text())["data"]
+
+
+def test_segmentation_inference_returns_raw_nrrd_on_the_original_grid(api, local_dataset, demo_zips):
+    dataset_id = create_dataset(api, local_dataset)
+    exp = create_experiment(api, dataset_id, demo_zips["segmentation"])
+    assert exp["model_params"]["labels"] == {"1": "spleen"}  # filled from the bundle's channel_def
+    assert api.ctx.hosts.host(exp["id"]).alive  # warm before 201
+    entry = manifest_entries(local_dataset)[0]
+    resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": entry["image"]["id"]}})
+    assert resp.status_code == 201, resp.text
+    assert resp.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    parts = multipart_parts(resp)
+    assert list(parts) == ["ct_000_seg.nrrd"]
+    truth = nifti_array(local_dataset / entry["label"]["path"][0])
+    seg = nrrd_voxels(parts["ct_000_seg.nrrd"], truth.shape)
+    assert set(np.unique(seg)) <= {0, 1}
+    assert dice(seg, truth) > 0.8
+
+
+def test_classification_csv_under_the_overridden_name(api, local_dataset, demo_zips):
+    dataset_id = create_dataset(api, local_dataset)
+    exp = create_experiment(
+        api, dataset_id, demo_zips["classification"],
+        model_params={"override": {"output_filename": "realtime_inference_predictions.csv"}},
+    )
+    pngs = [e for e in manifest_entries(local_dataset) if e["image"]["path"][0].endswith(".png")]
+    for expected_class, entry in ((0, pngs[0]), (1, pngs[1])):
+        resp = api.post(f"experiments/{exp['id']}/jobs",
+                        json={"action": "inference", "specs": {"image": entry["image"]["id"]}})
+        assert resp.status_code == 201, resp.text
+        parts = multipart_parts(resp)
+        assert list(parts) == ["realtime_inference_predictions.csv"]
+        rows = csv_rows(parts["realtime_inference_predictions.csv"])
+        assert len(rows) == 1  # one row per request: nothing left over from earlier requests
+        assert rows[0][0].endswith(os.path.basename(entry["image"]["path"][0]))
+        scores = [float(v) for v in rows[0][1:]]
+        assert len(scores) == 2 and int(np.argmax(scores)) == expected_class
+
+
+def test_patch_stops_host_and_inference_then_fails_clearly(api, local_dataset, demo_zips):
+    dataset_id = create_dataset(api, local_dataset)
+    exp = create_experiment(api, dataset_id, demo_zips["segmentation"])
+    host = api.ctx.hosts.host(exp["id"])
+    resp = api.patch(f"experiments/{exp['id']}", json={"realtime_infer": False})
+    assert resp.status_code == 200 and resp.json()["realtime_infer"] is False
+    assert not host.alive and api.ctx.hosts.host(exp["id"]) is None
+    again = api.patch(f"experiments/{exp['id']}", json={"realtime_infer": True})
+    assert again.status_code == 400
+    assert again.json()["error_desc"] == "Can only change realtime_infer from True to False."
+    image_id = manifest_entries(local_dataset)[0]["image"]["id"]
+    resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": image_id}})
+    assert resp.status_code == 400 and "real-time inference is off" in resp.json()["error_desc"]
+
+
+def test_delete_stops_host_then_dataset_can_go(api, local_dataset, demo_zips):
+    dataset_id = create_dataset(api, local_dataset)
+    exp = create_experiment(api, dataset_id, demo_zips["segmentation"])
+    host = api.ctx.hosts.host(exp["id"])
+    refused = api.delete(f"datasets/{dataset_id}")
+    assert refused.status_code == 400 and "in use" in refused.json()["error_desc"]
+    resp = api.delete(f"experiments/{exp['id']}")
+    assert resp.status_code == 200 and resp.json()["id"] == exp["id"]
+    assert not host.alive
+    assert not (api.ctx.settings.data_dir / "experiments" / exp["id"]).exists()
+    assert api.get(f"experiments/{exp['id']}").status_code == 404
+    assert api.delete(f"datasets/{dataset_id}").status_code == 200
+
+
+def test_dead_host_fails_the_request_clearly_and_restarts_on_the_next(api, local_dataset, demo_zips):
+    dataset_id = create_dataset(api, local_dataset)
+    exp = create_experiment(api, dataset_id, demo_zips["segmentation"])
+    image_id = manifest_entries(local_dataset)[0]["image"]["id"]
+    host = api.ctx.hosts.host(exp["id"])
+    os.kill(host.pid, signal.SIGKILL)
+    wait_for(lambda: not host.alive, what="host to die")
+    resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": image_id}})
+    assert resp.status_code == 201, resp.text  # a dead idle host is restarted transparently
+    new_host = api.ctx.hosts.host(exp["id"])
+    assert new_host.pid != host.pid and new_host.alive
+
+
+def test_host_dying_mid_request_gives_an_error_not_a_hang(api, local_dataset, demo_zips):
+    dataset_id = create_dataset(api, local_dataset)
+    exp = create_experiment(api, dataset_id, demo_zips["segmentation"])
+    host = api.ctx.hosts.host(exp["id"])
+    # A request that dies mid-flight: the host is killed while it computes.
+    reply = {}
+
+    def call():
+        reply["error"] = None
+        try:
+            host.call({"op": "infer", "image": "/nonexistent-wait", "params": {}, "out_dir": "/tmp/x"}, 30)
+        except Exception as exc:  # noqa: BLE001
+            reply["error"] = exc
+
+    import threading
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    os.kill(host.pid, signal.SIGKILL)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert reply["error"] is not None and "model host" in str(reply["error"])
