@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     )
     bundle_max_bytes: int = 4 * 1024**3
 
+    dataset_allow_local_paths: bool = Field(
+        default=True, description="Allow datasets on the server's own folders (local paths, file:// URLs)."
+    )
     image_cache_max_ttl_s: int = 3600
     cache_sweep_interval_s: float = 30.0
     host_start_timeout_s: float = 600.0

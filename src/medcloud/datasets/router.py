@@ -10,6 +10,7 @@ from medcloud.api.body import parse_body
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
 from medcloud.datasets import actions, service
+from medcloud.errors import Invalid
 from medcloud.datasets.schemas import DatasetAction, DatasetCreate, DatasetJob, DatasetPatch
 from medcloud.experiments import service as experiments
 
@@ -19,6 +20,9 @@ router = APIRouter(prefix="/api/v1/orgs/{org}/datasets")
 @router.post("", status_code=201)
 async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
     body = await parse_body(request, DatasetCreate)
+
+    if service.is_local(body.client_url) and not ctx.settings.dataset_allow_local_paths:
+        raise Invalid("Datasets on this server's own folders are not allowed (MEDCLOUD_DATASET_ALLOW_LOCAL_PATHS).")
 
     def run() -> dict:
         kind, _source = service.open_source(

@@ -20,6 +20,10 @@ def is_dicomweb(client_url: str, filters: str | None) -> bool:
     return filters is not None or any(tag in lowered for tag in ("dicom-web", "dicomweb", "/wado", "/rs"))
 
 
+def is_local(client_url: str) -> bool:
+    return client_url.startswith(("/", "file://", "~", "."))
+
+
 def open_source(*, client_url: str, client_id: str | None, client_secret: str | None,
                 filters: str | None, verify: bool) -> tuple[str, DataSource]:
     """Connect to the source (blocking I/O); `verify` also checks every listed file (at creation)."""
@@ -29,7 +33,7 @@ def open_source(*, client_url: str, client_id: str | None, client_secret: str | 
         return "dicomweb", DicomWebSource.open(client_url, client_id, client_secret, filters=filters)
     from medcloud.sources.objectstore import ObjectStoreSource
 
-    return "objectstore", ObjectStoreSource.open(client_url, client_id, client_secret)
+    return "objectstore", ObjectStoreSource.open(client_url, client_id, client_secret, check_files=verify)
 
 
 def source_of(row: Dataset, box: SecretBox) -> DataSource:
