@@ -135,3 +135,63 @@ def test_host_dying_mid_request_gives_an_error_not_a_hang(api, local_dataset, de
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert reply["error"] is not None and "model host" in str(reply["error"])
+
+
+def test_override_changes_output_name_and_format(api, local_dataset, demo_zips):
+    import nibabel as nib
+
+    dataset_id = create_dataset(api, local_dataset)
+    exp = create_experiment(api, dataset_id, demo_zips["segmentation"],
+                            model_params={"override": {"output_ext": ".nii.gz", "output_postfix": "mask"}})
+    entry = manifest_entries(local_dataset)[1]
+    resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": entry["image"]["id"]}})
+    assert resp.status_code == 201, resp.text
+    parts = multipart_parts(resp)
+    assert list(parts) == ["ct_001_mask.nii.gz"]
+    out = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(parts["ct_001_mask.nii.gz"]))
+    truth_img = nib.load(str(local_dataset / entry["label"]["path"][0]))
+    assert out.shape == truth_img.shape
+    assert np.allclose(out.affine, truth_img.affine, atol=1e-4)
+    assert dice(np.asarray(out.dataobj), np.asarray(truth_img.dataobj)) > 0.8
+
+
+@pytest.mark.parametrize(("fmt", "how"), [("zip", "http"), ("tar", "path"), ("tar.gz", "file"), ("tar.gz", "http")])
+def test_bundle_archives_from_every_kind_of_url(api, local_dataset, demo_bundles, tmp_path, fmt, how):
+    import http.server
+    import threading
+    from functools import partial
+
+    from medcloud.demo.bundles import pack_bundle
+
+    archive = pack_bundle(demo_bundles["classification"], tmp_path, fmt)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = {"http": f"http://127.0.0.1:{server.server_port}/{archive.name}", "path": str(archive),
+               "file": f"file://{archive}"}[how]
+        dataset_id = create_dataset(api, local_dataset)
+        resp = api.post("experiments", json={"name": "x", "network_arch": "monai_classification",
+                                             "train_datasets": [dataset_id], "bundle_url": url})
+        assert resp.status_code == 201, resp.text
+        bundle_dir = api.ctx.settings.data_dir / "experiments" / resp.json()["id"] / "bundle"
+        assert (bundle_dir / "configs" / "metadata.json").is_file()
+        assert resp.json()["model_params"]["labels"] == {"0": "in body", "1": "out body"}
+    finally:
+        server.shutdown()
+
+
+def test_patch_bad_input_is_400_and_changes_nothing(api, local_dataset, demo_zips):
+    dataset_id = create_dataset(api, local_dataset)
+    exp = create_experiment(api, dataset_id, demo_zips["classification"], realtime_infer=False)
+    cases = [({"name": 5}, "Field `name`"), ({"realtime_infer": "maybe"}, "realtime_infer"),
+             ({"eval_dataset": "nope"}, "not a valid UUID"),
+             ({"eval_dataset": "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}, "does not exist"),
+             ({"realtime_infer": True}, "Can only change realtime_infer from True to False.")]
+    for body, fragment in cases:
+        resp = api.patch(f"experiments/{exp['id']}", json=body)
+        assert resp.status_code == 400, body
+        assert fragment in resp.json()["error_desc"]
+    after = api.get(f"experiments/{exp['id']}").json()
+    assert after["name"] == exp["name"] and after["eval_dataset"] == dataset_id
+    assert api.patch(f"experiments/{exp['id']}", json={"name": "renamed"}).json()["name"] == "renamed"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nrrd
 import numpy as np
-from monai.data import NibabelWriter, register_writer
+from monai.data import NibabelWriter, image_writer, register_writer
 from monai.data.utils import to_affine_nd
 from monai.utils import convert_data_type
 
@@ -41,4 +41,6 @@ class RawNrrdWriter(NibabelWriter):
 
 def register() -> None:
     """Make `.nrrd` resolve to RawNrrdWriter first (call once per model-host process)."""
+    if not image_writer.SUPPORTED_WRITERS:
+        image_writer.init()  # MONAI fills its table lazily only while it is empty: fill it before adding ours
     register_writer("nrrd", RawNrrdWriter)
