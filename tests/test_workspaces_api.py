@@ -91,3 +91,18 @@ def test_workspace_in_use_cannot_be_deleted(api, s3_server, bucket, local_datase
     assert api.delete(f"experiments/{resp.json()['id']}").status_code == 200
     assert api.delete(f"workspaces/{ws['id']}").status_code == 200
     assert api.get(f"workspaces/{UNKNOWN}").status_code == 404
+
+
+def test_site_wide_azure_endpoint_serves_workspaces_that_name_none(tmp_path, azurite):
+    """Guide 001 names no endpoint: a self-hosted site sets MEDCLOUD_AZURE_BLOB_ENDPOINT once."""
+    from azure.storage.blob import BlobServiceClient
+
+    from conftest import make_api
+
+    BlobServiceClient.from_connection_string(azurite.connection_string).create_container("sitewide")
+    endpoint = azurite.endpoint.replace(AZURITE_ACCOUNT, "{account}")
+    for api in make_api(tmp_path / "site", azure_blob_endpoint=endpoint):
+        resp = api.post("workspaces", json={"name": "az", "cloud_type": "azure", "cloud_specific_details": {
+            "cloud_bucket_name": "sitewide", "account_name": AZURITE_ACCOUNT, "access_key": azurite.key}})
+        assert resp.status_code == 201, resp.text
+        assert "endpoint_url" not in resp.json()["cloud_specific_details"]

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     dataset_allow_local_paths: bool = Field(
         default=True, description="Allow datasets on the server's own folders (local paths, file:// URLs)."
     )
+    # Sites whose "aws" or "azure" is a self-hosted store (MinIO, Azurite, Azure Stack): the endpoint used for
+    # workspaces that name none. The Azure one may contain `{account}`.
+    aws_endpoint_url: str | None = None
+    azure_blob_endpoint: str | None = None
     image_cache_max_ttl_s: int = 3600
     cache_sweep_interval_s: float = 30.0
     host_start_timeout_s: float = 600.0

@@ -19,7 +19,9 @@ router = APIRouter(prefix="/api/v1/orgs/{org}/workspaces")
 @router.post("", status_code=201)
 async def create_workspace(request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
     body = await parse_body(request, WorkspaceCreate)
-    await run_in_threadpool(service.verify, cloud_type=body.cloud_type, details=body.cloud_specific_details)
+    await run_in_threadpool(
+        service.verify, cloud_type=body.cloud_type, details=body.cloud_specific_details, settings=ctx.settings
+    )
 
     def run() -> dict:
         with ctx.db.session() as session:
@@ -53,7 +55,8 @@ async def patch_workspace(workspace_id: str, request: Request, caller: CallerDep
         with ctx.db.session() as session:
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid)
             if body.cloud_specific_details is not None:
-                service.verify(cloud_type=row.cloud_type, details=body.cloud_specific_details)
+                service.verify(cloud_type=row.cloud_type, details=body.cloud_specific_details,
+                               settings=ctx.settings)
             return service.patch(session, row=row, body=body, box=ctx.box).model_dump(mode="json")
 
     return await run_in_threadpool(run)

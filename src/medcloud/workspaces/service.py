@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from medcloud.config import Settings
 from medcloud.errors import Conflict, NotFound
 from medcloud.secrets import SecretBox
 from medcloud.workspaces import storage
@@ -26,10 +27,10 @@ def to_out(row: Workspace) -> WorkspaceOut:
     )
 
 
-def verify(*, cloud_type: str, details: CloudDetails) -> None:
+def verify(*, cloud_type: str, details: CloudDetails, settings: Settings) -> None:
     """Connect with the given details (blocking I/O: call from a worker thread)."""
     public, secret = _split(details)
-    storage.check(storage.location(cloud_type, public, secret))
+    storage.check(storage.location(cloud_type, public, secret, settings))
 
 
 def create(session: Session, *, org: str, user_id: str, body: WorkspaceCreate, box: SecretBox) -> WorkspaceOut:
@@ -76,5 +77,5 @@ def delete(session: Session, *, row: Workspace, users: list[str]) -> WorkspaceOu
     return out
 
 
-def location_of(row: Workspace, box: SecretBox) -> storage.StoreLocation:
-    return storage.location(row.cloud_type, dict(row.details), box.open(row.sealed_secrets))
+def location_of(row: Workspace, box: SecretBox, settings: Settings) -> storage.StoreLocation:
+    return storage.location(row.cloud_type, dict(row.details), box.open(row.sealed_secrets), settings)

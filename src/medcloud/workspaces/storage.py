@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from medcloud.config import Settings
 from medcloud.errors import Invalid
 from medcloud.sources import objectstore
 from medcloud.sources.objectstore import StoreLocation
 from medcloud.workspaces.schemas import CloudType
+
+
+def default_endpoint(cloud_type: str, details: dict, settings: Settings) -> str | None:
+    """The site-wide endpoint for a cloud type when the workspace names none."""
+    if cloud_type == CloudType.AWS:
+        return settings.aws_endpoint_url
+    if cloud_type == CloudType.AZURE and settings.azure_blob_endpoint:
+        return settings.azure_blob_endpoint.format(account=details.get("account_name") or "")
+    return None
 
 
 def workspace_url(cloud_type: str, details: dict) -> str:
@@ -23,8 +33,10 @@ def workspace_url(cloud_type: str, details: dict) -> str:
     return f"gs://{bucket}"
 
 
-def location(cloud_type: str, details: dict, secrets: dict) -> StoreLocation:
+def location(cloud_type: str, details: dict, secrets: dict, settings: Settings) -> StoreLocation:
     """An fsspec location for the bucket root (no manifest involved)."""
+    if not details.get("endpoint_url"):
+        details = {**details, "endpoint_url": default_endpoint(cloud_type, details, settings)}
     if cloud_type == CloudType.AZURE:
         client_id, client_secret = details.get("account_name"), secrets.get("access_key")
     elif cloud_type == CloudType.GCP:
