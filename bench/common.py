@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from medcloud.devserver import Server, create_key  # noqa: E402
+from medcloud.devserver import Server, create_key
 
 ORG = "bench"
 
@@ -25,8 +25,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def summary(name: str, seconds: list[float]) -> str:
     ms = [s * 1000 for s in seconds]
-    return (f"{name:<34} n={len(ms):3d}  p50={percentile(ms, 50):9.1f} ms  p95={percentile(ms, 95):9.1f} ms  "
-            f"p99={percentile(ms, 99):9.1f} ms  mean={statistics.mean(ms):9.1f} ms")
+    return (
+        f"{name:<34} n={len(ms):3d}  p50={percentile(ms, 50):9.1f} ms  p95={percentile(ms, 95):9.1f} ms  "
+        f"p99={percentile(ms, 99):9.1f} ms  mean={statistics.mean(ms):9.1f} ms"
+    )
 
 
 @dataclass
@@ -37,7 +39,7 @@ class Client:
     http: httpx.Client
 
     @classmethod
-    def login(cls, server: Server) -> "Client":
+    def login(cls, server: Server) -> Client:
         key = create_key(server.data_dir, ORG, "bench")
         http = httpx.Client(base_url=f"{server.url}/api/v1/orgs/{ORG}", timeout=600)
         token = httpx.post(f"{server.url}/api/v1/login", json={"ngc_api_key": key}).json()["token"]
@@ -52,25 +54,34 @@ class Client:
     def realtime_experiment(self, dataset_id: str, bundle: Path, timeout: int = 600) -> tuple[str, float]:
         """Create a real-time experiment; return its id and how long the POST took."""
         started = time.perf_counter()
-        resp = self.http.post("/experiments", json={
-            "name": "bench", "network_arch": "monai_custom", "train_datasets": [dataset_id],
-            "realtime_infer": True, "realtime_infer_request_timeout": timeout, "bundle_url": str(bundle),
-        })
+        resp = self.http.post(
+            "/experiments",
+            json={
+                "name": "bench",
+                "network_arch": "monai_custom",
+                "train_datasets": [dataset_id],
+                "realtime_infer": True,
+                "realtime_infer_request_timeout": timeout,
+                "bundle_url": str(bundle),
+            },
+        )
         resp.raise_for_status()
         return resp.json()["id"], time.perf_counter() - started
 
     def infer(self, experiment_id: str, image_id: str) -> float:
         started = time.perf_counter()
-        resp = self.http.post(f"/experiments/{experiment_id}/jobs",
-                              json={"action": "inference", "specs": {"image": image_id}})
+        resp = self.http.post(
+            f"/experiments/{experiment_id}/jobs", json={"action": "inference", "specs": {"image": image_id}}
+        )
         elapsed = time.perf_counter() - started
         if resp.status_code != 201:
             raise RuntimeError(resp.text)
         return elapsed
 
     def cache(self, dataset_id: str, image_id: str) -> None:
-        self.http.post(f"/datasets/{dataset_id}/jobs",
-                       json={"action": "cacheimage", "specs": {"image": image_id}}).raise_for_status()
+        self.http.post(
+            f"/datasets/{dataset_id}/jobs", json={"action": "cacheimage", "specs": {"image": image_id}}
+        ).raise_for_status()
 
 
 def single_image_dataset(folder: Path, image: Path) -> str:

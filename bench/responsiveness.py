@@ -57,7 +57,9 @@ def main() -> None:
             worker.join()
     print(summary("inference (back to back)", inference_times))
     print(summary("GET /datasets meanwhile", listing))
-    print(f"RATIO-free figure: p99 GET /datasets during inference = {percentile(listing, 99) * 1000:.1f} ms (goal < 50 ms)")
+    print(
+        f"RATIO-free figure: p99 GET /datasets during inference = {percentile(listing, 99) * 1000:.1f} ms (goal < 50 ms)"
+    )
 
 
 if __name__ == "__main__":

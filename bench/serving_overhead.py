@@ -66,8 +66,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         demo = ensure_demo_bundles(Path(__file__).resolve().parents[1] / ".medcloud" / "test-cache")
-        full = make_segmentation_bundle(work / "full", name="spleen_full", channels=(16, 32, 64, 128, 256),
-                                        strides=(2, 2, 2, 2), roi_size=(96, 96, 96), num_res_units=2, train=False)
+        full = make_segmentation_bundle(
+            work / "full",
+            name="spleen_full",
+            channels=(16, 32, 64, 128, 256),
+            strides=(2, 2, 2, 2),
+            roi_size=(96, 96, 96),
+            num_res_units=2,
+            train=False,
+        )
         ct_small, _ = write_synthetic_ct(work / "small.nii.gz", work / "small_label.nii.gz", seed=1)
         ct_full, _ = write_synthetic_ct(work / "full.nii.gz", work / "full_label.nii.gz", seed=2, shape=(96, 96, 96))
         rgb = write_synthetic_rgb(work / "frame.png", label=0, seed=3)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from services import azurite, s3_server  # noqa: F401  (session fixtures: real Azurite and moto servers)
 
 from medcloud.app import create_app
 from medcloud.auth import service as auth
 from medcloud.config import Settings
 from medcloud.context import Context
-from services import azurite, s3_server  # noqa: F401  (session fixtures: real Azurite and moto servers)
 
 REPO = Path(__file__).resolve().parents[1]
 # Trained demo bundles are deterministic: build them once per checkout and reuse them.

@@ -21,7 +21,8 @@ def guide_cells(name_prefix: str) -> list[str]:
     chunks = path.read_text().split(CELL_MARK)[1:]
     cells = []
     for chunk in chunks:
-        lines = chunk.strip("\n").splitlines()
+        # IPython shell lines (`!pip install ...`) are not Python: the server needs nothing installed.
+        lines = [line for line in chunk.strip("\n").splitlines() if not line.startswith("!")]
         best = ""
         for end in range(1, len(lines) + 1):
             candidate = "\n".join(lines[:end])

@@ -51,7 +51,7 @@ def test_miss_fetches_then_hit_serves_the_same_bytes(tmp_path: Path) -> None:
     second = cache.get_or_fetch("ds", "img", writer({"x": b"never"}, calls))
     assert len(calls) == 1 and first == second
     assert contents(first) == {"a.nii.gz": data["imagesTr/a.nii.gz"], "b.nii.gz": data["imagesTr/b.nii.gz"]}
-    assert all(p.is_relative_to(tmp_path) and "imagesTr" == p.parent.name for p in first)
+    assert all(p.is_relative_to(tmp_path) and p.parent.name == "imagesTr" for p in first)
     assert cache.lookup("ds", "other") is None and cache.lookup("other", "img") is None
 
 

@@ -7,7 +7,6 @@ import sqlite3
 import threading
 
 import pytest
-
 from helpers import wait_for
 from services import AZURITE_ACCOUNT, upload_folder_to_azure, upload_folder_to_s3
 from test_realtime_inference import create_dataset, create_experiment, manifest_entries
@@ -20,8 +19,11 @@ def test_dataset_on_azurite_and_on_s3_and_secrets_never_come_back(api, azurite, 
     upload_folder_to_s3(s3_server, local_dataset, "dsapi", "p")
     bodies = [
         {"client_url": f"{azurite.endpoint}/dsapi/p", "client_id": AZURITE_ACCOUNT, "client_secret": azurite.key},
-        {"client_url": f"{s3_server.endpoint_url}/dsapi/p/manifest.json", "client_id": s3_server.key,
-         "client_secret": s3_server.secret},
+        {
+            "client_url": f"{s3_server.endpoint_url}/dsapi/p/manifest.json",
+            "client_id": s3_server.key,
+            "client_secret": s3_server.secret,
+        },
     ]
     for body in bodies:
         resp = api.post("datasets", json={"name": "remote", "type": "semantic_segmentation", **body})
@@ -33,14 +35,17 @@ def test_dataset_on_azurite_and_on_s3_and_secrets_never_come_back(api, azurite, 
     assert azurite.key not in dump and s3_server.secret not in dump  # encrypted at rest
 
 
-@pytest.mark.parametrize(("case", "fragment"), [
-    ("refused", "Could not reach"),
-    ("bad-key", "credentials were rejected"),
-    ("no-manifest", "No manifest"),
-    ("bad-json", "not valid JSON"),
-    ("missing-file", "was not found"),
-    ("escaping", ".."),
-])
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("refused", "Could not reach"),
+        ("bad-key", "credentials were rejected"),
+        ("no-manifest", "No manifest"),
+        ("bad-json", "not valid JSON"),
+        ("missing-file", "was not found"),
+        ("escaping", ".."),
+    ],
+)
 def test_dataset_creation_failures_are_400_naming_the_problem(api, azurite, local_dataset, tmp_path, case, fragment):
     manifest = json.loads((local_dataset / "manifest.json").read_text())
     url, key = f"{azurite.endpoint}/dsfail{case.replace('-', '')}/p", azurite.key
@@ -64,18 +69,25 @@ def test_dataset_creation_failures_are_400_naming_the_problem(api, azurite, loca
             manifest["data"][0]["image"]["path"] = ["../../etc/passwd"]
             (folder / "manifest.json").write_text(json.dumps(manifest))
         upload_folder_to_azure(azurite, folder, f"dsfail{case.replace('-', '')}", "p")
-    resp = api.post("datasets", json={"name": "x", "client_url": url, "client_id": AZURITE_ACCOUNT,
-                                      "client_secret": key})
+    resp = api.post(
+        "datasets", json={"name": "x", "client_url": url, "client_id": AZURITE_ACCOUNT, "client_secret": key}
+    )
     assert resp.status_code == 400, resp.text
     assert fragment in resp.json()["error_desc"]
     assert key not in resp.json()["error_desc"]
     assert api.get("datasets").json()["datasets"] == []
 
 
-@pytest.mark.parametrize("body", [
-    {}, {"name": "x"}, {"name": "x", "client_url": 5}, {"name": ["x"], "client_url": "/tmp"},
-    {"name": "x", "client_url": "ftp://host/x"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"name": "x"},
+        {"name": "x", "client_url": 5},
+        {"name": ["x"], "client_url": "/tmp"},
+        {"name": "x", "client_url": "ftp://host/x"},
+    ],
+)
 def test_invalid_dataset_bodies_are_400(api, body):
     resp = api.post("datasets", json=body)
     assert resp.status_code == 400, resp.text
@@ -130,32 +142,45 @@ def test_nextimage_when_everything_is_labeled_is_404(api, local_dataset):
 
 def test_cacheimage_fetches_in_background_and_inference_never_downloads_again(api, azurite, local_dataset, demo_zips):
     upload_folder_to_azure(azurite, local_dataset, "cacheonce", "p")
-    resp = api.post("datasets", json={"name": "az", "client_url": f"{azurite.endpoint}/cacheonce/p",
-                                      "client_id": AZURITE_ACCOUNT, "client_secret": azurite.key})
+    resp = api.post(
+        "datasets",
+        json={
+            "name": "az",
+            "client_url": f"{azurite.endpoint}/cacheonce/p",
+            "client_id": AZURITE_ACCOUNT,
+            "client_secret": azurite.key,
+        },
+    )
     dataset_id = resp.json()["id"]
     entry = manifest_entries(local_dataset)[0]
     image_id = entry["image"]["id"]
-    resp = api.post(f"datasets/{dataset_id}/jobs", json={"action": "cacheimage", "specs": {"image": image_id, "ttl": 60}})
+    resp = api.post(
+        f"datasets/{dataset_id}/jobs", json={"action": "cacheimage", "specs": {"image": image_id, "ttl": 60}}
+    )
     assert resp.status_code == 201 and resp.json() == {}
     files = wait_for(lambda: api.ctx.cache.lookup(dataset_id, image_id), what="image cached")
     assert files[0].read_bytes() == (local_dataset / entry["image"]["path"][0]).read_bytes()
     # Remove the image from the store: inference must be served from the cache alone.
     from azure.storage.blob import BlobServiceClient
 
-    BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(
-        "cacheonce").delete_blob(f"p/{entry['image']['path'][0]}")
+    BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("cacheonce").delete_blob(
+        f"p/{entry['image']['path'][0]}"
+    )
     exp = create_experiment(api, dataset_id, demo_zips["segmentation"])
     resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": image_id}})
     assert resp.status_code == 201, resp.text
 
 
-@pytest.mark.parametrize(("specs", "fragment"), [
-    ({}, "Spec is missing `image`"),
-    ({"image": 3}, "`image` must be"),
-    ({"image": "x", "ttl": "soon"}, "`ttl`"),
-    ({"image": "x", "ttl": -5}, "`ttl` must be a positive"),
-    ({"image": "no-such-image"}, "no-such-image"),
-])
+@pytest.mark.parametrize(
+    ("specs", "fragment"),
+    [
+        ({}, "Spec is missing `image`"),
+        ({"image": 3}, "`image` must be"),
+        ({"image": "x", "ttl": "soon"}, "`ttl`"),
+        ({"image": "x", "ttl": -5}, "`ttl` must be a positive"),
+        ({"image": "no-such-image"}, "no-such-image"),
+    ],
+)
 def test_cacheimage_bad_specs_are_400(api, local_dataset, specs, fragment):
     dataset_id = create_dataset(api, local_dataset)
     resp = api.post(f"datasets/{dataset_id}/jobs", json={"action": "cacheimage", "specs": specs})
@@ -176,8 +201,11 @@ def test_notify_validates_and_counts_every_entry_under_concurrency(api, local_da
     statuses = []
 
     def send(i: int) -> None:
-        statuses.append(api.post(jobs, json={"action": "notify", "specs": {
-            "added": {"image": f"img-{i}", "label": f"lab-{i}"}}}).status_code)
+        statuses.append(
+            api.post(
+                jobs, json={"action": "notify", "specs": {"added": {"image": f"img-{i}", "label": f"lab-{i}"}}}
+            ).status_code
+        )
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(20)]
     for t in threads:
@@ -186,7 +214,9 @@ def test_notify_validates_and_counts_every_entry_under_concurrency(api, local_da
         t.join()
     assert statuses == [201] * 20
     with api.ctx.db.session() as session:
-        count = session.scalar(select(func.count()).select_from(Notification).where(Notification.dataset_id == dataset_id))
+        count = session.scalar(
+            select(func.count()).select_from(Notification).where(Notification.dataset_id == dataset_id)
+        )
     assert count == 20
 
 

@@ -118,9 +118,7 @@ def test_segmentation_bundle_has_the_spleen_reference_keys(demo: dict[str, Path]
 
 
 def test_classifier_labels_held_out_frames_correctly(demo: dict[str, Path], tmp_path: Path) -> None:
-    truth = {
-        str(write_synthetic_rgb(tmp_path / f"{s}.png", label=s % 2, seed=s)): s % 2 for s in range(100, 120)
-    }
+    truth = {str(write_synthetic_rgb(tmp_path / f"{s}.png", label=s % 2, seed=s)): s % 2 for s in range(100, 120)}
     parser = ConfigParser()
     parser.read_config(demo["classification"] / "configs/inference.json")
     parser["bundle_root"] = str(demo["classification"])
@@ -133,9 +131,7 @@ def test_classifier_labels_held_out_frames_correctly(demo: dict[str, Path], tmp_
     assert correct / len(truth) >= 0.95
 
 
-def test_model_host_run_of_classification_writes_one_row_with_two_scores(
-    demo: dict[str, Path], tmp_path: Path
-) -> None:
+def test_model_host_run_of_classification_writes_one_row_with_two_scores(demo: dict[str, Path], tmp_path: Path) -> None:
     image = write_synthetic_rgb(tmp_path / "frame.png", label=1, seed=HELD_OUT_SEED)
     run_like_model_host(demo["classification"], image, tmp_path / "out")
     scores = read_scores(tmp_path / "out/predictions.csv")
@@ -160,9 +156,7 @@ def test_classification_csv_is_replaced_by_a_new_parse_but_appended_by_a_rerun(
 def test_model_host_run_of_segmentation_finds_the_sphere_on_the_input_grid(
     demo: dict[str, Path], tmp_path: Path
 ) -> None:
-    image, label = write_synthetic_ct(
-        tmp_path / "ct.nii.gz", tmp_path / "ct_label.nii.gz", seed=HELD_OUT_SEED
-    )
+    image, label = write_synthetic_ct(tmp_path / "ct.nii.gz", tmp_path / "ct_label.nii.gz", seed=HELD_OUT_SEED)
     overrides = {"output_ext": ".nii.gz", "output_postfix": "seg", "separate_folder": False}
     run_like_model_host(demo["segmentation"], image, tmp_path / "out", **overrides)
     written = nifti(tmp_path / "out/ct_seg.nii.gz")
@@ -212,9 +206,7 @@ def test_classification_bundle_runs_as_a_config_workflow_on_its_own_samples(
     workflow.finalize()  # closes test_fp
     samples = json.loads((folder / "label/test_samples.json").read_text())
     scores = read_scores(tmp_path / "predictions.csv")
-    assert [int(np.argmax(scores[str(folder / s["image"])])) for s in samples] == [
-        s["label"] for s in samples
-    ]
+    assert [int(np.argmax(scores[str(folder / s["image"])])) for s in samples] == [s["label"] for s in samples]
 
 
 @pytest.mark.parametrize("kind", ["classification", "segmentation"])
@@ -248,17 +240,13 @@ def test_untrained_full_size_spleen_bundle_builds_fast_and_loads(tmp_path: Path)
     parser = ConfigParser()
     parser.read_config(folder / "configs/inference.json")
     parser["bundle_root"] = str(folder)
-    parser.get_parsed_content(
-        "initialize"
-    )  # loads models/model.pt into the network: keys and shapes must match
+    parser.get_parsed_content("initialize")  # loads models/model.pt into the network: keys and shapes must match
     assert parser["inferer"]["roi_size"] == [96, 96, 96]
     assert sum(p.numel() for p in parser.get_parsed_content("network").parameters()) > 4_000_000
 
 
 @pytest.mark.parametrize("fmt", ["zip", "tar", "tar.gz"])
-def test_pack_bundle_puts_every_member_under_the_bundle_name(
-    demo: dict[str, Path], tmp_path: Path, fmt: str
-) -> None:
+def test_pack_bundle_puts_every_member_under_the_bundle_name(demo: dict[str, Path], tmp_path: Path, fmt: str) -> None:
     folder = demo["classification"]
     archive = pack_bundle(folder, tmp_path, fmt)
     assert archive.name == f"{CLASSIFICATION_NAME}.{fmt}"
@@ -288,9 +276,7 @@ def test_ensure_demo_bundles_reuses_the_cache(demo: dict[str, Path]) -> None:
     assert weights.stat().st_mtime_ns == mtime
 
 
-def test_ensure_demo_bundles_keeps_the_winner_of_a_race(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ensure_demo_bundles_keeps_the_winner_of_a_race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def build(dest: Path) -> Path:
         (dest / "mine").mkdir()
         return dest

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import zipfile
 
 import pytest
+from test_realtime_inference import create_dataset, create_experiment, manifest_entries
 
 from medcloud.bundles.fetch import BAD_BUNDLE
-from test_realtime_inference import create_dataset, create_experiment, manifest_entries
 
 
 def experiment_dirs(api):
@@ -41,10 +40,16 @@ def test_bad_bundles_are_400_with_the_reference_sentence(api, local_dataset, tmp
         "no-inference": make_zip(tmp_path / "b.zip", {"b/configs/metadata.json": b"{}"}),
     }
     (tmp_path / "junk.zip").write_bytes(b"this is not an archive")
-    resp = api.post("experiments", json={
-        "name": "x", "network_arch": "monai_custom", "train_datasets": [dataset_id],
-        "realtime_infer": True, "bundle_url": str(paths[bundle]),
-    })
+    resp = api.post(
+        "experiments",
+        json={
+            "name": "x",
+            "network_arch": "monai_custom",
+            "train_datasets": [dataset_id],
+            "realtime_infer": True,
+            "bundle_url": str(paths[bundle]),
+        },
+    )
     assert resp.status_code == 400
     assert resp.json() == {"error_desc": BAD_BUNDLE, "error_code": 400}
     assert_nothing_created(api)
@@ -58,10 +63,16 @@ def test_bundle_whose_weights_do_not_load_is_400_and_nothing_is_left(api, local_
     shutil.copytree(demo_bundles["segmentation"], broken)
     (broken / "models" / "model.pt").write_bytes(b"not a checkpoint")
     dataset_id = create_dataset(api, local_dataset)
-    resp = api.post("experiments", json={
-        "name": "x", "network_arch": "monai_custom", "train_datasets": [dataset_id],
-        "realtime_infer": True, "bundle_url": f"file://{broken}",
-    })
+    resp = api.post(
+        "experiments",
+        json={
+            "name": "x",
+            "network_arch": "monai_custom",
+            "train_datasets": [dataset_id],
+            "realtime_infer": True,
+            "bundle_url": f"file://{broken}",
+        },
+    )
     assert resp.status_code == 400
     assert resp.json()["error_desc"].startswith("Error: the model could not be loaded")
     assert_nothing_created(api)
@@ -69,35 +80,65 @@ def test_bundle_whose_weights_do_not_load_is_400_and_nothing_is_left(api, local_
 
 def test_bundle_host_not_allowed_is_400(api, local_dataset):
     dataset_id = create_dataset(api, local_dataset)
-    resp = api.post("experiments", json={
-        "name": "x", "network_arch": "monai_custom", "train_datasets": [dataset_id],
-        "bundle_url": "https://evil.example.com/bundle.zip",
-    })
+    resp = api.post(
+        "experiments",
+        json={
+            "name": "x",
+            "network_arch": "monai_custom",
+            "train_datasets": [dataset_id],
+            "bundle_url": "https://evil.example.com/bundle.zip",
+        },
+    )
     assert resp.status_code == 400 and "not allowed" in resp.json()["error_desc"]
     assert_nothing_created(api)
 
 
-@pytest.mark.parametrize(("body", "fragment"), [
-    ({"network_arch": "monai_custom"}, "Field `name`"),
-    ({"name": "x"}, "Field `network_arch`"),
-    ({"name": "x", "network_arch": "resnet"}, "Field `network_arch`"),
-    ({"name": 5, "network_arch": "monai_custom", "bundle_url": "/x"}, "Field `name`"),
-    ({"name": "x", "network_arch": "monai_custom"}, "bundle_url is required"),
-    ({"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "train_datasets": "abc"}, "train_datasets"),
-    ({"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "train_datasets": ["abc"]},
-     "Dataset ID passed is not a valid UUID"),
-    ({"name": "x", "network_arch": "monai_custom", "bundle_url": "/x",
-      "train_datasets": ["1b4e28ba-2fa1-11d2-883f-0016d3cca427"]}, "does not exist"),
-    ({"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "model_params": {"labels": {}}},
-     "Labels cannot be empty"),
-    ({"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "model_params": {"labels": {"a": "b"}}},
-     "label index"),
-    ({"name": "x", "network_arch": "monai_custom", "bundle_url": "/x",
-      "model_params": {"override": {"bundle_root": "/etc"}}}, "override may not set bundle_root"),
-    ({"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "realtime_infer_request_timeout": -1},
-     "realtime_infer_request_timeout"),
-    ({"name": "x", "network_arch": "monai_vista3d"}, "base_experiment"),
-])
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"network_arch": "monai_custom"}, "Field `name`"),
+        ({"name": "x"}, "Field `network_arch`"),
+        ({"name": "x", "network_arch": "resnet"}, "Field `network_arch`"),
+        ({"name": 5, "network_arch": "monai_custom", "bundle_url": "/x"}, "Field `name`"),
+        ({"name": "x", "network_arch": "monai_custom"}, "bundle_url is required"),
+        ({"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "train_datasets": "abc"}, "train_datasets"),
+        (
+            {"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "train_datasets": ["abc"]},
+            "Dataset ID passed is not a valid UUID",
+        ),
+        (
+            {
+                "name": "x",
+                "network_arch": "monai_custom",
+                "bundle_url": "/x",
+                "train_datasets": ["1b4e28ba-2fa1-11d2-883f-0016d3cca427"],
+            },
+            "does not exist",
+        ),
+        (
+            {"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "model_params": {"labels": {}}},
+            "Labels cannot be empty",
+        ),
+        (
+            {"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "model_params": {"labels": {"a": "b"}}},
+            "label index",
+        ),
+        (
+            {
+                "name": "x",
+                "network_arch": "monai_custom",
+                "bundle_url": "/x",
+                "model_params": {"override": {"bundle_root": "/etc"}},
+            },
+            "override may not set bundle_root",
+        ),
+        (
+            {"name": "x", "network_arch": "monai_custom", "bundle_url": "/x", "realtime_infer_request_timeout": -1},
+            "realtime_infer_request_timeout",
+        ),
+        ({"name": "x", "network_arch": "monai_vista3d"}, "base_experiment"),
+    ],
+)
 def test_invalid_experiment_bodies_are_400(api, body, fragment):
     resp = api.post("experiments", json=body)
     assert resp.status_code == 400, resp.text
@@ -107,10 +148,15 @@ def test_invalid_experiment_bodies_are_400(api, body, fragment):
 
 def test_other_users_dataset_cannot_be_referenced(api, local_dataset, demo_zips):
     bobs = create_dataset(api, local_dataset, user="bob")
-    resp = api.post("experiments", json={
-        "name": "x", "network_arch": "monai_custom", "train_datasets": [bobs],
-        "bundle_url": f"file://{demo_zips['segmentation']}",
-    })
+    resp = api.post(
+        "experiments",
+        json={
+            "name": "x",
+            "network_arch": "monai_custom",
+            "train_datasets": [bobs],
+            "bundle_url": f"file://{demo_zips['segmentation']}",
+        },
+    )
     assert resp.status_code == 400 and "does not exist" in resp.json()["error_desc"]
 
 
@@ -155,7 +201,7 @@ def test_inference_on_an_image_url_downloads_it_once(api, local_dataset, demo_zi
     hits = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):  # noqa: D401
+        def log_message(self, *args):
             hits.append(self.path)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(local_dataset)))
@@ -176,8 +222,10 @@ def test_list_parameters(api, local_dataset, demo_zips):
     dataset_id = create_dataset(api, local_dataset)
     for name in ("b", "a", "c"):
         create_experiment(api, dataset_id, demo_zips["classification"], realtime_infer=False, name=name)
-    names = [e["name"] for e in api.get("experiments", params={"user_only": "true", "sort": "name-ascending"})
-             .json()["experiments"]]
+    names = [
+        e["name"]
+        for e in api.get("experiments", params={"user_only": "true", "sort": "name-ascending"}).json()["experiments"]
+    ]
     assert names == ["a", "b", "c"]
     page = api.get("experiments", params={"user_only": "true", "skip": 1, "size": 1, "sort": "name-descending"}).json()
     assert [e["name"] for e in page["experiments"]] == ["b"]

@@ -14,7 +14,6 @@ import threading
 from functools import partial
 
 import pytest
-
 from guides import create_key, guide_cells, medcloud_serve, substitute
 from services import AZURITE_ACCOUNT, upload_folder_to_azure
 
@@ -27,8 +26,9 @@ def bundle_server(demo_zips, tmp_path):
     root = tmp_path / "www"
     root.mkdir()
     shutil.copy(demo_zips["classification"], root / "endoscopic_inbody_classification_v0.4.6.zip")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler,
-                                                                       directory=str(root)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/endoscopic_inbody_classification_v0.4.6.zip"
     server.shutdown()
@@ -58,7 +58,8 @@ def test_guide_000_runs_as_written(azurite, local_dataset, bundle_server, tmp_pa
         assert len(cells) == 10
         for cell in cells:
             exec(compile(substitute(cell, replacements), "guide-000", "exec"), namespace)  # noqa: S102
-    rows = list(csv.reader(open(work / "realtime_inference_predictions.csv")))
+    with open(work / "realtime_inference_predictions.csv") as handle:
+        rows = list(csv.reader(handle))
     assert len(rows) == 1
     assert rows[0][0].endswith(png["image"]["path"][0].split("/")[-1])
     scores = [float(v) for v in rows[0][1:]]

@@ -73,7 +73,7 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             lambda folder, prefix: upload_folder_to_azure(az, folder, CONTAINER, prefix),
         )
     s3: MotoInfo = request.getfixturevalue("s3_server")
-    put: Callable[[Path, str], None] = lambda folder, prefix: upload_folder_to_s3(s3, folder, BUCKET, prefix)
+    put: Callable[[Path, str], None] = lambda folder, prefix: upload_folder_to_s3(s3, folder, BUCKET, prefix)  # noqa: E731
     if kind == "s3-endpoint":
         return Store(kind, f"{s3.endpoint_url}/{BUCKET}", s3.key, s3.secret, put)
     return Store(kind, f"s3://{BUCKET}", s3.key, s3.secret, put, endpoint_url=s3.endpoint_url)
@@ -163,9 +163,7 @@ def test_manifest_url_given_directly(store: Store, tmp_path: Path) -> None:
 
 def test_root_path_absolute_url_of_the_same_store(store: Store, tmp_path: Path) -> None:
     prefix = f"ds-{uuid.uuid4().hex[:8]}"
-    files = write_dataset(
-        tmp_path / "src", files_under="data", manifest={"root_path": store.url(f"{prefix}/data")}
-    )
+    files = write_dataset(tmp_path / "src", files_under="data", manifest={"root_path": store.url(f"{prefix}/data")})
     store.put(tmp_path / "src", prefix)
     source = store.open(store.url(prefix))
     assert source.root.endswith(f"{prefix}/data")
@@ -238,13 +236,10 @@ def test_bad_manifest_content(store: Store, tmp_path: Path, data: list[Any], exp
 
 
 def test_root_path_on_another_store_is_invalid(store: Store, tmp_path: Path) -> None:
-    url, _ = publish(
-        store, tmp_path, manifest={"root_path": "https://elsewhere.blob.core.windows.net/c/data"}
-    )
+    url, _ = publish(store, tmp_path, manifest={"root_path": "https://elsewhere.blob.core.windows.net/c/data"})
     message = fails_fast(lambda: store.open(url))
     assert message == (
-        f"The manifest's root_path https://elsewhere.blob.core.windows.net/c/data is not in the "
-        f"same storage as {url}."
+        f"The manifest's root_path https://elsewhere.blob.core.windows.net/c/data is not in the same storage as {url}."
     )
 
 
@@ -273,9 +268,7 @@ def test_azurite_missing_container(azurite: AzuriteInfo) -> None:
 def test_s3_missing_bucket(s3_server: MotoInfo, form: str) -> None:
     url = f"{s3_server.endpoint_url}/no-such-bucket/ds" if form == "endpoint" else "s3://no-such-bucket/ds"
     endpoint = None if form == "endpoint" else s3_server.endpoint_url
-    message = fails_fast(
-        lambda: ObjectStoreSource.open(url, s3_server.key, s3_server.secret, endpoint_url=endpoint)
-    )
+    message = fails_fast(lambda: ObjectStoreSource.open(url, s3_server.key, s3_server.secret, endpoint_url=endpoint))
     assert message == f"The bucket no-such-bucket named in {url} does not exist."
 
 
@@ -319,9 +312,7 @@ def test_file_removed_after_open_is_named(s3_server: MotoInfo, tmp_path: Path) -
     prefix = f"ds-{uuid.uuid4().hex[:8]}"
     write_dataset(tmp_path / "src")
     upload_folder_to_s3(s3_server, tmp_path / "src", BUCKET, prefix)
-    source = ObjectStoreSource.open(
-        f"{s3_server.endpoint_url}/{BUCKET}/{prefix}", s3_server.key, s3_server.secret
-    )
+    source = ObjectStoreSource.open(f"{s3_server.endpoint_url}/{BUCKET}/{prefix}", s3_server.key, s3_server.secret)
     s3_client(s3_server).delete_object(Bucket=BUCKET, Key=f"{prefix}/imagesTr/b.nii.gz")
     message = fails_fast(lambda: source.fetch("img-b", tmp_path / "out"))
     assert message == "File imagesTr/b.nii.gz listed in the manifest was not found."
@@ -465,9 +456,7 @@ def test_azure_url_forms_use_a_connection_string(
 
 
 def test_azure_sas_in_the_url_is_used_and_hidden() -> None:
-    loc = parse_client_url(
-        "https://acct.blob.core.windows.net/cont/p?sv=2024&sp=rl&sig=SECRETSIG", None, None
-    )
+    loc = parse_client_url("https://acct.blob.core.windows.net/cont/p?sv=2024&sp=rl&sig=SECRETSIG", None, None)
     assert "SharedAccessSignature=sv=2024&sp=rl&sig=SECRETSIG;" in loc.storage_options["connection_string"]
     assert loc.url == "https://acct.blob.core.windows.net/cont/p" and "SECRETSIG" not in repr(loc)
 

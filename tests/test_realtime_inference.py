@@ -8,22 +8,33 @@ import signal
 
 import numpy as np
 import pytest
-
 from helpers import csv_rows, dice, multipart_parts, nifti_array, nrrd_voxels, wait_for
 
 
 def create_dataset(api, root, user="alice"):
-    resp = api.post("datasets", user=user, json={
-        "name": "local", "type": "semantic_segmentation", "format": "monai", "client_url": str(root),
-    })
+    resp = api.post(
+        "datasets",
+        user=user,
+        json={
+            "name": "local",
+            "type": "semantic_segmentation",
+            "format": "monai",
+            "client_url": str(root),
+        },
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["id"]
 
 
 def create_experiment(api, dataset_id, bundle_zip, **extra):
     body = {
-        "name": "rt", "network_arch": "monai_custom", "train_datasets": [dataset_id],
-        "eval_dataset": dataset_id, "realtime_infer": True, "bundle_url": f"file://{bundle_zip}", **extra,
+        "name": "rt",
+        "network_arch": "monai_custom",
+        "train_datasets": [dataset_id],
+        "eval_dataset": dataset_id,
+        "realtime_infer": True,
+        "bundle_url": f"file://{bundle_zip}",
+        **extra,
     }
     resp = api.post("experiments", json=body)
     assert resp.status_code == 201, resp.text
@@ -40,7 +51,9 @@ def test_segmentation_inference_returns_raw_nrrd_on_the_original_grid(api, local
     assert exp["model_params"]["labels"] == {"1": "spleen"}  # filled from the bundle's channel_def
     assert api.ctx.hosts.host(exp["id"]).alive  # warm before 201
     entry = manifest_entries(local_dataset)[0]
-    resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": entry["image"]["id"]}})
+    resp = api.post(
+        f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": entry["image"]["id"]}}
+    )
     assert resp.status_code == 201, resp.text
     assert resp.headers["Content-Type"].startswith("multipart/form-data; boundary=")
     parts = multipart_parts(resp)
@@ -54,13 +67,16 @@ def test_segmentation_inference_returns_raw_nrrd_on_the_original_grid(api, local
 def test_classification_csv_under_the_overridden_name(api, local_dataset, demo_zips):
     dataset_id = create_dataset(api, local_dataset)
     exp = create_experiment(
-        api, dataset_id, demo_zips["classification"],
+        api,
+        dataset_id,
+        demo_zips["classification"],
         model_params={"override": {"output_filename": "realtime_inference_predictions.csv"}},
     )
     pngs = [e for e in manifest_entries(local_dataset) if e["image"]["path"][0].endswith(".png")]
     for expected_class, entry in ((0, pngs[0]), (1, pngs[1])):
-        resp = api.post(f"experiments/{exp['id']}/jobs",
-                        json={"action": "inference", "specs": {"image": entry["image"]["id"]}})
+        resp = api.post(
+            f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": entry["image"]["id"]}}
+        )
         assert resp.status_code == 201, resp.text
         parts = multipart_parts(resp)
         assert list(parts) == ["realtime_inference_predictions.csv"]
@@ -141,10 +157,16 @@ def test_override_changes_output_name_and_format(api, local_dataset, demo_zips):
     import nibabel as nib
 
     dataset_id = create_dataset(api, local_dataset)
-    exp = create_experiment(api, dataset_id, demo_zips["segmentation"],
-                            model_params={"override": {"output_ext": ".nii.gz", "output_postfix": "mask"}})
+    exp = create_experiment(
+        api,
+        dataset_id,
+        demo_zips["segmentation"],
+        model_params={"override": {"output_ext": ".nii.gz", "output_postfix": "mask"}},
+    )
     entry = manifest_entries(local_dataset)[1]
-    resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": entry["image"]["id"]}})
+    resp = api.post(
+        f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": entry["image"]["id"]}}
+    )
     assert resp.status_code == 201, resp.text
     parts = multipart_parts(resp)
     assert list(parts) == ["ct_001_mask.nii.gz"]
@@ -165,14 +187,25 @@ def test_bundle_archives_from_every_kind_of_url(api, local_dataset, demo_bundles
 
     archive = pack_bundle(demo_bundles["classification"], tmp_path, fmt)
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)))
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = {"http": f"http://127.0.0.1:{server.server_port}/{archive.name}", "path": str(archive),
-               "file": f"file://{archive}"}[how]
+        url = {
+            "http": f"http://127.0.0.1:{server.server_port}/{archive.name}",
+            "path": str(archive),
+            "file": f"file://{archive}",
+        }[how]
         dataset_id = create_dataset(api, local_dataset)
-        resp = api.post("experiments", json={"name": "x", "network_arch": "monai_classification",
-                                             "train_datasets": [dataset_id], "bundle_url": url})
+        resp = api.post(
+            "experiments",
+            json={
+                "name": "x",
+                "network_arch": "monai_classification",
+                "train_datasets": [dataset_id],
+                "bundle_url": url,
+            },
+        )
         assert resp.status_code == 201, resp.text
         bundle_dir = api.ctx.settings.data_dir / "experiments" / resp.json()["id"] / "bundle"
         assert (bundle_dir / "configs" / "metadata.json").is_file()
@@ -184,10 +217,13 @@ def test_bundle_archives_from_every_kind_of_url(api, local_dataset, demo_bundles
 def test_patch_bad_input_is_400_and_changes_nothing(api, local_dataset, demo_zips):
     dataset_id = create_dataset(api, local_dataset)
     exp = create_experiment(api, dataset_id, demo_zips["classification"], realtime_infer=False)
-    cases = [({"name": 5}, "Field `name`"), ({"realtime_infer": "maybe"}, "realtime_infer"),
-             ({"eval_dataset": "nope"}, "not a valid UUID"),
-             ({"eval_dataset": "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}, "does not exist"),
-             ({"realtime_infer": True}, "Can only change realtime_infer from True to False.")]
+    cases = [
+        ({"name": 5}, "Field `name`"),
+        ({"realtime_infer": "maybe"}, "realtime_infer"),
+        ({"eval_dataset": "nope"}, "not a valid UUID"),
+        ({"eval_dataset": "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}, "does not exist"),
+        ({"realtime_infer": True}, "Can only change realtime_infer from True to False."),
+    ]
     for body, fragment in cases:
         resp = api.patch(f"experiments/{exp['id']}", json=body)
         assert resp.status_code == 400, body

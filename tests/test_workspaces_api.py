@@ -6,7 +6,6 @@ import json
 import sqlite3
 
 import pytest
-
 from services import AZURITE_ACCOUNT, s3_client
 from test_realtime_inference import create_dataset
 
@@ -20,8 +19,13 @@ def bucket(s3_server):
 
 
 def s3_workspace(s3_server, bucket, **overrides):
-    details = {"cloud_bucket_name": bucket, "access_key": s3_server.key, "secret_key": s3_server.secret,
-               "endpoint_url": s3_server.endpoint_url, **overrides}
+    details = {
+        "cloud_bucket_name": bucket,
+        "access_key": s3_server.key,
+        "secret_key": s3_server.secret,
+        "endpoint_url": s3_server.endpoint_url,
+        **overrides,
+    }
     return {"name": "results", "cloud_type": "aws", "cloud_specific_details": details}
 
 
@@ -47,20 +51,43 @@ def test_azure_workspace_on_azurite(api, azurite):
     from azure.storage.blob import BlobServiceClient
 
     BlobServiceClient.from_connection_string(azurite.connection_string).create_container("wscontainer")
-    resp = api.post("workspaces", json={"name": "az", "cloud_type": "azure", "cloud_specific_details": {
-        "cloud_bucket_name": "wscontainer", "account_name": AZURITE_ACCOUNT, "access_key": azurite.key,
-        "endpoint_url": azurite.endpoint}})
+    resp = api.post(
+        "workspaces",
+        json={
+            "name": "az",
+            "cloud_type": "azure",
+            "cloud_specific_details": {
+                "cloud_bucket_name": "wscontainer",
+                "account_name": AZURITE_ACCOUNT,
+                "access_key": azurite.key,
+                "endpoint_url": azurite.endpoint,
+            },
+        },
+    )
     assert resp.status_code == 201, resp.text
-    bad = api.post("workspaces", json={"name": "az", "cloud_type": "azure", "cloud_specific_details": {
-        "cloud_bucket_name": "wscontainer", "account_name": AZURITE_ACCOUNT,
-        "access_key": "d3Jvbmcga2V5IHdyb25nIGtleSB3cm9uZyBrZXk=", "endpoint_url": azurite.endpoint}})
+    bad = api.post(
+        "workspaces",
+        json={
+            "name": "az",
+            "cloud_type": "azure",
+            "cloud_specific_details": {
+                "cloud_bucket_name": "wscontainer",
+                "account_name": AZURITE_ACCOUNT,
+                "access_key": "d3Jvbmcga2V5IHdyb25nIGtleSB3cm9uZyBrZXk=",
+                "endpoint_url": azurite.endpoint,
+            },
+        },
+    )
     assert bad.status_code == 400 and "credentials" in bad.json()["error_desc"]
 
 
-@pytest.mark.parametrize(("change", "fragment"), [
-    ({"cloud_bucket_name": "no-such-bucket"}, "does not exist"),
-    ({"endpoint_url": "http://127.0.0.1:9"}, "Could not reach"),
-])
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"cloud_bucket_name": "no-such-bucket"}, "does not exist"),
+        ({"endpoint_url": "http://127.0.0.1:9"}, "Could not reach"),
+    ],
+)
 def test_bad_workspace_storage_is_400(api, s3_server, bucket, change, fragment):
     resp = api.post("workspaces", json=s3_workspace(s3_server, bucket, **change))
     assert resp.status_code == 400, resp.text
@@ -69,11 +96,16 @@ def test_bad_workspace_storage_is_400(api, s3_server, bucket, change, fragment):
     assert api.get("workspaces").json()["workspaces"] == []
 
 
-@pytest.mark.parametrize("body", [
-    {}, {"name": "x", "cloud_type": "dropbox", "cloud_specific_details": {"cloud_bucket_name": "b"}},
-    {"name": "x", "cloud_type": "aws"}, {"name": "x", "cloud_type": "aws", "cloud_specific_details": {}},
-    {"name": "x", "cloud_type": "azure", "cloud_specific_details": {"cloud_bucket_name": "b"}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"name": "x", "cloud_type": "dropbox", "cloud_specific_details": {"cloud_bucket_name": "b"}},
+        {"name": "x", "cloud_type": "aws"},
+        {"name": "x", "cloud_type": "aws", "cloud_specific_details": {}},
+        {"name": "x", "cloud_type": "azure", "cloud_specific_details": {"cloud_bucket_name": "b"}},
+    ],
+)
 def test_invalid_workspace_bodies_are_400(api, body):
     resp = api.post("workspaces", json=body)
     assert resp.status_code == 400, resp.text
@@ -83,8 +115,16 @@ def test_invalid_workspace_bodies_are_400(api, body):
 def test_workspace_in_use_cannot_be_deleted(api, s3_server, bucket, local_dataset, demo_zips):
     ws = api.post("workspaces", json=s3_workspace(s3_server, bucket)).json()
     dataset_id = create_dataset(api, local_dataset)
-    resp = api.post("experiments", json={"name": "e", "network_arch": "monai_custom", "train_datasets": [dataset_id],
-                                         "bundle_url": str(demo_zips["classification"]), "workspace": ws["id"]})
+    resp = api.post(
+        "experiments",
+        json={
+            "name": "e",
+            "network_arch": "monai_custom",
+            "train_datasets": [dataset_id],
+            "bundle_url": str(demo_zips["classification"]),
+            "workspace": ws["id"],
+        },
+    )
     assert resp.status_code == 201, resp.text
     refused = api.delete(f"workspaces/{ws['id']}")
     assert refused.status_code == 400 and "in use" in refused.json()["error_desc"]
@@ -96,13 +136,22 @@ def test_workspace_in_use_cannot_be_deleted(api, s3_server, bucket, local_datase
 def test_site_wide_azure_endpoint_serves_workspaces_that_name_none(tmp_path, azurite):
     """Guide 001 names no endpoint: a self-hosted site sets MEDCLOUD_AZURE_BLOB_ENDPOINT once."""
     from azure.storage.blob import BlobServiceClient
-
     from conftest import make_api
 
     BlobServiceClient.from_connection_string(azurite.connection_string).create_container("sitewide")
     endpoint = azurite.endpoint.replace(AZURITE_ACCOUNT, "{account}")
     for api in make_api(tmp_path / "site", azure_blob_endpoint=endpoint):
-        resp = api.post("workspaces", json={"name": "az", "cloud_type": "azure", "cloud_specific_details": {
-            "cloud_bucket_name": "sitewide", "account_name": AZURITE_ACCOUNT, "access_key": azurite.key}})
+        resp = api.post(
+            "workspaces",
+            json={
+                "name": "az",
+                "cloud_type": "azure",
+                "cloud_specific_details": {
+                    "cloud_bucket_name": "sitewide",
+                    "account_name": AZURITE_ACCOUNT,
+                    "access_key": azurite.key,
+                },
+            },
+        )
         assert resp.status_code == 201, resp.text
         assert "endpoint_url" not in resp.json()["cloud_specific_details"]

@@ -11,8 +11,15 @@ from medcloud.config import Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    updates = {k: v for k, v in {"data_dir": getattr(args, "data_dir", None), "host": getattr(args, "host", None),
-                                 "port": getattr(args, "port", None)}.items() if v is not None}
+    updates = {
+        k: v
+        for k, v in {
+            "data_dir": getattr(args, "data_dir", None),
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+        }.items()
+        if v is not None
+    }
     return Settings(**updates).resolved()
 
 

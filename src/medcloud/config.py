@@ -29,8 +29,12 @@ class Settings(BaseSettings):
     # A MONAI bundle is code: only these hosts may serve `bundle_url`s ("*" allows any).
     bundle_allowed_hosts: list[str] = Field(
         default_factory=lambda: [
-            "localhost", "127.0.0.1", "api.ngc.nvidia.com", "github.com",
-            "objects.githubusercontent.com", "huggingface.co",
+            "localhost",
+            "127.0.0.1",
+            "api.ngc.nvidia.com",
+            "github.com",
+            "objects.githubusercontent.com",
+            "huggingface.co",
         ]
     )
     bundle_allow_local_paths: bool = True
@@ -60,7 +64,7 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'medcloud.db').resolve()}"
 
-    def resolved(self) -> "Settings":
+    def resolved(self) -> Settings:
         """A copy with `data_dir` absolute and created."""
         data_dir = self.data_dir.expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)

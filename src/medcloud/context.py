@@ -23,14 +23,14 @@ class Context:
     db: Database
     box: SecretBox
     signing_key: bytes
-    cache: "ImageCache"
-    hosts: "HostManager" = field(default=None)  # type: ignore[assignment]  # set in build()
+    cache: ImageCache
+    hosts: HostManager = field(default=None)  # type: ignore[assignment]  # set in build()
     background: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="medcloud-bg")
     )
 
     @classmethod
-    def build(cls, settings: Settings) -> "Context":
+    def build(cls, settings: Settings) -> Context:
         from medcloud.inference.hosts import HostManager
         from medcloud.sources.cache import ImageCache
 

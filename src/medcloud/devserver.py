@@ -32,9 +32,22 @@ def free_port() -> int:
 def create_key(data_dir: Path, org: str, user: str) -> str:
     """`medcloud keys create`, returning the key from its last line of output."""
     out = subprocess.run(
-        [sys.executable, "-m", "medcloud.cli", "keys", "create", "--org", org, "--user", user,
-         "--data-dir", str(data_dir)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "medcloud.cli",
+            "keys",
+            "create",
+            "--org",
+            org,
+            "--user",
+            user,
+            "--data-dir",
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return out.stdout.strip().splitlines()[-1]
 
@@ -56,9 +69,20 @@ def medcloud_serve(data_dir: Path, env: dict[str, str] | None = None, timeout_s:
     log = data_dir / "serve.log"
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "medcloud.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-             "--no-demo"],
-            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            [
+                sys.executable,
+                "-m",
+                "medcloud.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--no-demo",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     url = f"http://127.0.0.1:{port}"
     try:

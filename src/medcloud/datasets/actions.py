@@ -19,8 +19,9 @@ from medcloud.sources.base import DataSource
 log = logging.getLogger(__name__)
 
 
-def fetch_cached(ctx: Context, *, dataset_id: str, image_id: str, source: DataSource | None,
-                 ttl_s: int | None = None) -> list[Path]:
+def fetch_cached(
+    ctx: Context, *, dataset_id: str, image_id: str, source: DataSource | None, ttl_s: int | None = None
+) -> list[Path]:
     """Local files of the image: from the cache, else fetched once through `source` (blocking)."""
     hit = ctx.cache.lookup(dataset_id, image_id)
     if hit is not None:
@@ -49,7 +50,9 @@ def _cache_specs(specs: dict[str, Any], max_ttl: int) -> CacheImageSpecs:
     try:
         parsed = CacheImageSpecs.model_validate(specs)
     except ValidationError:
-        raise Invalid("Invalid Input. `image` must be a non-empty string and `ttl` an integer number of seconds.") from None
+        raise Invalid(
+            "Invalid Input. `image` must be a non-empty string and `ttl` an integer number of seconds."
+        ) from None
     if parsed.ttl is not None and parsed.ttl <= 0:
         raise Invalid("Invalid Input. `ttl` must be a positive number of seconds.")
     ttl = min(parsed.ttl or max_ttl, max_ttl)
@@ -94,7 +97,9 @@ def _notify_entries(specs: dict[str, Any]) -> list[tuple[str, str, str]]:
     for section in NOTIFY_SECTIONS:
         items = specs.get(section) or []
         for item in items if isinstance(items, list) else [items]:
-            if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k] for k in ("image", "label")):
+            if not isinstance(item, dict) or not all(
+                isinstance(item.get(k), str) and item[k] for k in ("image", "label")
+            ):
                 raise Invalid(f"Invalid Input. Each entry of `{section}` needs string `image` and `label` ids.")
             entries.append((section, item["image"], item["label"]))
     return entries

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -10,8 +12,8 @@ from medcloud.api.body import parse_body
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
 from medcloud.datasets import actions, service
-from medcloud.errors import Invalid
 from medcloud.datasets.schemas import DatasetAction, DatasetCreate, DatasetJob, DatasetPatch
+from medcloud.errors import Invalid
 from medcloud.experiments import service as experiments
 
 router = APIRouter(prefix="/api/v1/orgs/{org}/datasets")
@@ -26,8 +28,11 @@ async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JS
 
     def run() -> dict:
         kind, _source = service.open_source(
-            client_url=body.client_url, client_id=body.client_id, client_secret=body.client_secret,
-            filters=body.filters, verify=True,
+            client_url=body.client_url,
+            client_id=body.client_id,
+            client_secret=body.client_secret,
+            filters=body.filters,
+            verify=True,
         )
         with ctx.db.session() as session:
             out = service.create(session, org=caller.org, user_id=caller.user_id, body=body, kind=kind, box=ctx.box)
@@ -85,7 +90,7 @@ async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, c
             if job.action == DatasetAction.CACHEIMAGE:
                 return actions.cacheimage(ctx, row=row, specs=job.specs)
             if job.action == DatasetAction.NEXTIMAGE:
-                pick = lambda ids: service.pick_least_recently_served(session, dataset_id=did, candidates=ids)  # noqa: E731
+                pick = partial(service.pick_least_recently_served, session, dataset_id=did)
                 return actions.nextimage(ctx, row=row, pick=pick)
             return actions.notify(ctx, session=session, row=row, specs=job.specs)
 

@@ -24,8 +24,9 @@ def is_local(client_url: str) -> bool:
     return client_url.startswith(("/", "file://", "~", "."))
 
 
-def open_source(*, client_url: str, client_id: str | None, client_secret: str | None,
-                filters: str | None, verify: bool) -> tuple[str, DataSource]:
+def open_source(
+    *, client_url: str, client_id: str | None, client_secret: str | None, filters: str | None, verify: bool
+) -> tuple[str, DataSource]:
     """Connect to the source (blocking I/O); `verify` also checks every listed file (at creation)."""
     if is_dicomweb(client_url, filters):
         from medcloud.sources.dicomweb import DicomWebSource
@@ -39,23 +40,40 @@ def open_source(*, client_url: str, client_id: str | None, client_secret: str | 
 def source_of(row: Dataset, box: SecretBox) -> DataSource:
     secrets = box.open(row.sealed_secrets)
     _kind, source = open_source(
-        client_url=row.client_url, client_id=secrets.get("client_id"),
-        client_secret=secrets.get("client_secret"), filters=row.filters, verify=False,
+        client_url=row.client_url,
+        client_id=secrets.get("client_id"),
+        client_secret=secrets.get("client_secret"),
+        filters=row.filters,
+        verify=False,
     )
     return source
 
 
 def to_out(row: Dataset) -> DatasetOut:
     return DatasetOut(
-        id=row.id, name=row.name, description=row.description, type=row.type, format=row.format,
-        client_url=row.client_url, filters=row.filters, created_on=row.created_on, last_modified=row.last_modified,
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        type=row.type,
+        format=row.format,
+        client_url=row.client_url,
+        filters=row.filters,
+        created_on=row.created_on,
+        last_modified=row.last_modified,
     )
 
 
 def create(session: Session, *, org: str, user_id: str, body: DatasetCreate, kind: str, box: SecretBox) -> DatasetOut:
     row = Dataset(
-        org=org, user_id=user_id, name=body.name, description=body.description, type=body.type,
-        format=body.format, source_kind=kind, client_url=body.client_url, filters=body.filters,
+        org=org,
+        user_id=user_id,
+        name=body.name,
+        description=body.description,
+        type=body.type,
+        format=body.format,
+        source_kind=kind,
+        client_url=body.client_url,
+        filters=body.filters,
         sealed_secrets=box.seal({"client_id": body.client_id, "client_secret": body.client_secret}),
     )
     session.add(row)
@@ -92,14 +110,12 @@ def delete(session: Session, *, row: Dataset, users: list[str]) -> DatasetOut:
     return out
 
 
-def pick_least_recently_served(session: Session, *, dataset_id: str, candidates: list[str]) -> str | None:
+def pick_least_recently_served(session: Session, candidates: list[str], *, dataset_id: str) -> str | None:
     """Choose the candidate served longest ago (never-served first) and mark it served now."""
     if not candidates:
         return None
-    served = {
-        s.image_id: s for s in session.scalars(select(ServedImage).where(ServedImage.dataset_id == dataset_id))
-    }
-    choice = min(candidates, key=lambda image_id: (served[image_id].served_at if image_id in served else -1.0))
+    served = {s.image_id: s for s in session.scalars(select(ServedImage).where(ServedImage.dataset_id == dataset_id))}
+    choice = min(candidates, key=lambda image_id: served[image_id].served_at if image_id in served else -1.0)
     if choice in served:
         served[choice].served_at = time.time()
     else:

@@ -97,9 +97,7 @@ def make_segmentation_bundle(
     inference = segmentation_configs.segmentation_inference(network_def, roi_size)
     _write_bundle(folder, inference, segmentation_configs.segmentation_train(network_def, roi_size))
     sample = folder / "sample_data"
-    write_synthetic_ct(
-        sample / "imagesTs" / "ct_sample.nii.gz", sample / "labelsTs" / "ct_sample.nii.gz", seed=7
-    )
+    write_synthetic_ct(sample / "imagesTs" / "ct_sample.nii.gz", sample / "labelsTs" / "ct_sample.nii.gz", seed=7)
     parser = _parser(folder, "train.json")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -107,9 +105,7 @@ def make_segmentation_bundle(
         transform = parser.get_parsed_content("validate#preprocessing")
         metrics = _train_segmenter(network, transform, roi_size, seed) if train else {}
     torch.save(network.state_dict(), folder / "models" / "model.pt")
-    _write_json(
-        folder / "configs" / "metadata.json", segmentation_configs.segmentation_metadata(roi_size, metrics)
-    )
+    _write_json(folder / "configs" / "metadata.json", segmentation_configs.segmentation_metadata(roi_size, metrics))
     return folder
 
 
@@ -262,9 +258,7 @@ def _train_segmenter(
         volumes = _ct_set(Path(tmp), transform, first, 6)
         checks = _ct_set(Path(tmp), transform, first + 6, 2)
     rng = np.random.RandomState(seed)
-    cropper = RandCropByPosNegLabel(
-        spatial_size=list(roi_size), pos=1, neg=1, num_samples=4, allow_smaller=True
-    )
+    cropper = RandCropByPosNegLabel(spatial_size=list(roi_size), pos=1, neg=1, num_samples=4, allow_smaller=True)
     cropper.set_random_state(seed)
     indices = [map_binary_to_indices(label, None, 0) for _, label in volumes]
 
@@ -281,9 +275,7 @@ def _train_segmenter(
     return {"mean_dice": round(float(dice), 4)}
 
 
-def _dice(
-    network: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, roi_size: Sequence[int]
-) -> float:
+def _dice(network: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, roi_size: Sequence[int]) -> float:
     with torch.no_grad():
         logits = sliding_window_inference(image[None], list(roi_size), 4, network, overlap=0.25)
     pred = torch.as_tensor(logits).argmax(1)[0] > 0

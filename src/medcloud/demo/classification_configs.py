@@ -182,9 +182,7 @@ def classification_metadata(eval_metrics: dict[str, float]) -> dict[str, Any]:
         network_data_format={
             "inputs": {"image": io_format("magnitude", "RGB", rgb, RGB_SIZE, False, modality="regular")},
             "outputs": {
-                "pred": io_format(
-                    "probabilities", "classes", {"0": "in body", "1": "out body"}, [1, 2], False
-                )
+                "pred": io_format("probabilities", "classes", {"0": "in body", "1": "out body"}, [1, 2], False)
             },
         },
     )

@@ -158,9 +158,7 @@ def _train_section(roi_size: Sequence[int]) -> dict[str, Any]:
             "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}, onehot],
         },
         "handlers": train_handlers(),
-        "key_metric": {
-            "train_accuracy": {"_target_": "ignite.metrics.Accuracy", "output_transform": FROM_ENGINE}
-        },
+        "key_metric": {"train_accuracy": {"_target_": "ignite.metrics.Accuracy", "output_transform": FROM_ENGINE}},
         "trainer": trainer(amp=AMP),
     }
 
@@ -245,11 +243,7 @@ def segmentation_metadata(roi_size: Sequence[int], eval_metrics: dict[str, float
         pred_classes="2 channels OneHot data, channel 1 is spleen, channel 0 is background",
         eval_metrics=eval_metrics,
         network_data_format={
-            "inputs": {
-                "image": io_format("image", "hounsfield", {"0": "image"}, roi_size, True, modality="CT")
-            },
-            "outputs": {
-                "pred": io_format("image", "segmentation", {"0": "background", "1": "spleen"}, roi_size, True)
-            },
+            "inputs": {"image": io_format("image", "hounsfield", {"0": "image"}, roi_size, True, modality="CT")},
+            "outputs": {"pred": io_format("image", "segmentation", {"0": "background", "1": "spleen"}, roi_size, True)},
         },
     )

@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from medcloud.auth import service as auth
 from medcloud.context import Context
+from medcloud.datasets import service as datasets
 from medcloud.datasets.orm import Dataset
 from medcloud.datasets.schemas import DatasetCreate
-from medcloud.datasets import service as datasets
 from medcloud.sources.manifest import parse_manifest
 
 DEMO_DATASET = "demo-dataset"
@@ -43,10 +43,12 @@ def _demo_dataset(ctx: Context, user_id: str, root: Path) -> tuple[str, str]:
     with ctx.db.session() as session:
         row = session.scalar(select(Dataset).where(Dataset.user_id == user_id, Dataset.name == DEMO_DATASET))
         if row is None:
-            body = DatasetCreate(name=DEMO_DATASET, description="Synthetic CT and RGB images made by medcloud",
-                                 client_url=str(root))
-            out = datasets.create(session, org=ctx.settings.demo_org, user_id=user_id, body=body,
-                                  kind="objectstore", box=ctx.box)
+            body = DatasetCreate(
+                name=DEMO_DATASET, description="Synthetic CT and RGB images made by medcloud", client_url=str(root)
+            )
+            out = datasets.create(
+                session, org=ctx.settings.demo_org, user_id=user_id, body=body, kind="objectstore", box=ctx.box
+            )
             return out.id, image_id
         return row.id, image_id
 

@@ -62,9 +62,7 @@ def write_synthetic_ct(
     rad_min: int = 8,
 ) -> tuple[Path, Path]:
     """Write a synthetic CT NIfTI (float32 HU) and its uint8 0/1 label on the same grid; return both paths."""
-    image, label = synthetic_ct_arrays(
-        seed=seed, shape=shape, num_objs=num_objs, rad_max=rad_max, rad_min=rad_min
-    )
+    image, label = synthetic_ct_arrays(seed=seed, shape=shape, num_objs=num_objs, rad_max=rad_max, rad_min=rad_min)
     affine = ct_affine(spacing)
     _save_nifti(image, affine, image_path)
     _save_nifti(label, affine, label_path)

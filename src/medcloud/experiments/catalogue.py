@@ -29,13 +29,25 @@ def stable_id(name: str, version: str) -> str:
 def base_experiments() -> tuple[ExperimentOut, ...]:
     version, labels = vista3d_labels()
     vista = ExperimentOut(
-        id=stable_id(VISTA3D_NAME, version), name=VISTA3D_NAME, version=version,
+        id=stable_id(VISTA3D_NAME, version),
+        name=VISTA3D_NAME,
+        version=version,
         description="VISTA-3D: versatile 3D CT segmentation of 127 classes with class and point prompts.",
-        network_arch=NetworkArch.VISTA3D.value, base_experiment=[], train_datasets=[], eval_dataset=None,
-        inference_dataset=None, realtime_infer=False, realtime_infer_support=True,
-        realtime_infer_request_timeout=60, bundle_url=None, workspace=None,
-        model_params={"labels": labels}, actions=["train", "inference", "annotation", "batchinfer"],
-        public=True, created_on=_EPOCH, last_modified=_EPOCH,
+        network_arch=NetworkArch.VISTA3D.value,
+        base_experiment=[],
+        train_datasets=[],
+        eval_dataset=None,
+        inference_dataset=None,
+        realtime_infer=False,
+        realtime_infer_support=True,
+        realtime_infer_request_timeout=60,
+        bundle_url=None,
+        workspace=None,
+        model_params={"labels": labels},
+        actions=["train", "inference", "annotation", "batchinfer"],
+        public=True,
+        created_on=_EPOCH,
+        last_modified=_EPOCH,
     )
     return (vista,)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -24,7 +23,9 @@ from medcloud.inference.hosts import HostSpec
 URL_IMAGES = "url-images"  # cache namespace of images given as URLs
 
 
-def prepare_model(ctx: Context, *, body: ExperimentCreate, base_row: Experiment | None, exp_dir: Path) -> tuple[str, dict[str, str]]:
+def prepare_model(
+    ctx: Context, *, body: ExperimentCreate, base_row: Experiment | None, exp_dir: Path
+) -> tuple[str, dict[str, str]]:
     """Put the experiment's bundle in `exp_dir/bundle` (blocking); return its folder and labels."""
     if body.network_arch == NetworkArch.VISTA3D:
         return prepare_vista3d(ctx, body=body)
@@ -59,8 +60,12 @@ def host_spec(row: Experiment) -> HostSpec:
     params = row.model_params or {}
     kind = "vista3d" if row.network_arch == NetworkArch.VISTA3D else "bundle"
     return HostSpec(
-        experiment_id=row.id, kind=kind, bundle_dir=row.bundle_dir, overrides=params.get("override") or {},
-        image_key=params.get("image_key", "image"), labels=params.get("labels") or {},
+        experiment_id=row.id,
+        kind=kind,
+        bundle_dir=row.bundle_dir,
+        overrides=params.get("override") or {},
+        image_key=params.get("image_key", "image"),
+        labels=params.get("labels") or {},
     )
 
 
@@ -73,8 +78,7 @@ def _download_image(url: str, dest: Path) -> list[Path]:
             if resp.status_code != 200:
                 raise Invalid(f"Error: downloading {url} answered HTTP {resp.status_code}.")
             with open(target, "wb") as out:
-                for chunk in resp.iter_bytes(1 << 20):
-                    out.write(chunk)
+                out.writelines(resp.iter_bytes(1 << 20))
     except httpx.HTTPError as exc:
         raise Invalid(f"Error: could not download {url}: {exc}") from None
     if is_archive(target):
@@ -114,7 +118,3 @@ def _common_parent(files: list[Path]) -> Path:
     while not all(f.is_relative_to(parent) for f in files):
         parent = parent.parent
     return parent
-
-
-def bundle_params(specs: InferenceSpecs) -> dict[str, Any]:
-    return dict(specs.bundle_params)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -19,7 +18,13 @@ from medcloud.db import new_id
 from medcloud.errors import Invalid
 from medcloud.experiments import catalogue, realtime, service
 from medcloud.experiments.orm import Experiment
-from medcloud.experiments.schemas import ExperimentAction, ExperimentCreate, ExperimentJob, ExperimentPatch, InferenceSpecs
+from medcloud.experiments.schemas import (
+    ExperimentAction,
+    ExperimentCreate,
+    ExperimentJob,
+    ExperimentPatch,
+    InferenceSpecs,
+)
 from medcloud.inference.outputs import encode_multipart
 
 log = logging.getLogger(__name__)
@@ -35,8 +40,10 @@ def list_base_experiments(request: Request, caller: CallerDep) -> dict:
 @router.get("/experiments")
 def list_experiments(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
     with ctx.db.session() as session:
-        items = [service.to_out(r).model_dump(mode="json") for r in
-                 service.list_rows(session, org=caller.org, user_id=caller.user_id)]
+        items = [
+            service.to_out(r).model_dump(mode="json")
+            for r in service.list_rows(session, org=caller.org, user_id=caller.user_id)
+        ]
     if request.query_params.get("user_only", "false").lower() != "true":
         items += [b.model_dump(mode="json") for b in catalogue.base_experiments()]
     return apply_list_params(request, items, "experiments")
@@ -53,11 +60,20 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
     exp_id = new_id()
     exp_dir = ctx.settings.data_dir / "experiments" / exp_id
     row = Experiment(
-        id=exp_id, org=caller.org, user_id=caller.user_id, name=body.name, description=body.description,
-        network_arch=body.network_arch.value, base_experiment=body.base_experiment,
-        train_datasets=body.train_datasets, eval_dataset=body.eval_dataset, inference_dataset=body.inference_dataset,
-        realtime_infer=body.realtime_infer, realtime_infer_request_timeout=body.realtime_infer_request_timeout,
-        bundle_url=body.bundle_url, workspace=body.workspace,
+        id=exp_id,
+        org=caller.org,
+        user_id=caller.user_id,
+        name=body.name,
+        description=body.description,
+        network_arch=body.network_arch.value,
+        base_experiment=body.base_experiment,
+        train_datasets=body.train_datasets,
+        eval_dataset=body.eval_dataset,
+        inference_dataset=body.inference_dataset,
+        realtime_infer=body.realtime_infer,
+        realtime_infer_request_timeout=body.realtime_infer_request_timeout,
+        bundle_url=body.bundle_url,
+        workspace=body.workspace,
     )
     try:
         bundle_dir, labels = await run_in_threadpool(
@@ -175,14 +191,12 @@ async def _inference(ctx: Context, row: Experiment, job: ExperimentJob) -> Respo
         )
     image = await run_in_threadpool(realtime.resolve_image, ctx, row=row, specs=specs)
     files = await ctx.hosts.infer(
-        realtime.host_spec(row), image=image, params=realtime.bundle_params(specs),
+        realtime.host_spec(row),
+        image=image,
+        params=dict(specs.bundle_params),
         timeout=row.realtime_infer_request_timeout,
     )
     if not files:
         raise Invalid("Error: the model produced no output file.")
     body, content_type = await run_in_threadpool(encode_multipart, files)
     return Response(content=body, status_code=201, media_type=None, headers={"Content-Type": content_type})
-
-
-def experiment_dir(ctx: Context, experiment_id: str) -> Path:
-    return ctx.settings.data_dir / "experiments" / experiment_id

@@ -11,7 +11,13 @@ from medcloud.datasets.orm import Dataset
 from medcloud.errors import Conflict, Invalid, NotFound
 from medcloud.experiments import catalogue
 from medcloud.experiments.orm import Experiment
-from medcloud.experiments.schemas import CUSTOM_ARCHS, ExperimentCreate, ExperimentOut, ExperimentPatch, NetworkArch
+from medcloud.experiments.schemas import (
+    CUSTOM_ARCHS,
+    ExperimentCreate,
+    ExperimentOut,
+    ExperimentPatch,
+    NetworkArch,
+)
 from medcloud.workspaces.orm import Workspace
 
 CUSTOM_ACTIONS = ["train", "inference", "annotation", "batchinfer"]
@@ -19,13 +25,24 @@ CUSTOM_ACTIONS = ["train", "inference", "annotation", "batchinfer"]
 
 def to_out(row: Experiment, jobs: list[str] | None = None) -> ExperimentOut:
     return ExperimentOut(
-        id=row.id, name=row.name, description=row.description, network_arch=row.network_arch,
-        base_experiment=list(row.base_experiment), train_datasets=list(row.train_datasets),
-        eval_dataset=row.eval_dataset, inference_dataset=row.inference_dataset,
-        realtime_infer=row.realtime_infer, realtime_infer_support=True,
-        realtime_infer_request_timeout=row.realtime_infer_request_timeout, bundle_url=row.bundle_url,
-        workspace=row.workspace, model_params=dict(row.model_params), actions=CUSTOM_ACTIONS,
-        jobs=jobs or [], created_on=row.created_on, last_modified=row.last_modified,
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        network_arch=row.network_arch,
+        base_experiment=list(row.base_experiment),
+        train_datasets=list(row.train_datasets),
+        eval_dataset=row.eval_dataset,
+        inference_dataset=row.inference_dataset,
+        realtime_infer=row.realtime_infer,
+        realtime_infer_support=True,
+        realtime_infer_request_timeout=row.realtime_infer_request_timeout,
+        bundle_url=row.bundle_url,
+        workspace=row.workspace,
+        model_params=dict(row.model_params),
+        actions=CUSTOM_ACTIONS,
+        jobs=jobs or [],
+        created_on=row.created_on,
+        last_modified=row.last_modified,
     )
 
 
@@ -48,13 +65,15 @@ def check_datasets(session: Session, *, org: str, user_id: str, ids: list[str], 
 
 def normalise(body: ExperimentCreate) -> ExperimentCreate:
     """Canonical UUIDs everywhere (400 for any that is not one)."""
-    return body.model_copy(update={
-        "train_datasets": [_uuid(d, "Dataset") for d in body.train_datasets],
-        "eval_dataset": _uuid(body.eval_dataset, "Dataset") if body.eval_dataset else None,
-        "inference_dataset": _uuid(body.inference_dataset, "Dataset") if body.inference_dataset else None,
-        "base_experiment": [_uuid(b, "Experiment") for b in body.base_experiment],
-        "workspace": _uuid(body.workspace, "Workspace") if body.workspace else None,
-    })
+    return body.model_copy(
+        update={
+            "train_datasets": [_uuid(d, "Dataset") for d in body.train_datasets],
+            "eval_dataset": _uuid(body.eval_dataset, "Dataset") if body.eval_dataset else None,
+            "inference_dataset": _uuid(body.inference_dataset, "Dataset") if body.inference_dataset else None,
+            "base_experiment": [_uuid(b, "Experiment") for b in body.base_experiment],
+            "workspace": _uuid(body.workspace, "Workspace") if body.workspace else None,
+        }
+    )
 
 
 def check_references(session: Session, *, org: str, user_id: str, body: ExperimentCreate) -> Experiment | None:
@@ -79,7 +98,7 @@ def check_references(session: Session, *, org: str, user_id: str, body: Experime
     if body.network_arch in CUSTOM_ARCHS and not body.bundle_url and base_row is None:
         raise Invalid(f"bundle_url is required for network_arch {body.network_arch.value} without a base experiment.")
     if body.network_arch == NetworkArch.VISTA3D and not body.base_experiment:
-        raise Invalid("monai_vista3d needs base_experiment: the id of \"MONAI VISTA3d\" from experiments:base.")
+        raise Invalid('monai_vista3d needs base_experiment: the id of "MONAI VISTA3d" from experiments:base.')
     return base_row
 
 
@@ -99,8 +118,9 @@ def apply_patch(session: Session, *, row: Experiment, body: ExperimentPatch) -> 
     if body.realtime_infer is True and not row.realtime_infer:
         raise Invalid("Can only change realtime_infer from True to False.")
     ids = [d for d in [*(body.train_datasets or []), body.eval_dataset, body.inference_dataset] if d]
-    check_datasets(session, org=row.org, user_id=row.user_id, ids=[_uuid(d, "Dataset") for d in ids],
-                   arch=row.network_arch)
+    check_datasets(
+        session, org=row.org, user_id=row.user_id, ids=[_uuid(d, "Dataset") for d in ids], arch=row.network_arch
+    )
     for key in ("name", "description", "realtime_infer_request_timeout"):
         if getattr(body, key) is not None:
             setattr(row, key, getattr(body, key))

@@ -71,8 +71,11 @@ class ModelHost:
         with open(self.work_dir / "host.log", "ab") as log_file:
             self._proc = subprocess.Popen(
                 [self.python, "-m", "medcloud.inference.host", "--fd", str(theirs.fileno()), "--spec", str(spec_path)],
-                pass_fds=[theirs.fileno()], stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                pass_fds=[theirs.fileno()],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         theirs.close()
         self._conn = Connection(ours.detach())
@@ -114,7 +117,9 @@ class ModelHost:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
-            raise HostDied("Error: the model host closed the connection; it is started again on the next request.") from None
+            raise HostDied(
+                "Error: the model host closed the connection; it is started again on the next request."
+            ) from None
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Ask politely, then kill the whole process group; frees the device."""
@@ -166,7 +171,9 @@ class HostManager:
         self._hosts[spec.experiment_id] = host
         return host
 
-    async def infer(self, spec: HostSpec, *, image: str, params: dict[str, Any], timeout: float) -> list[tuple[str, bytes]]:
+    async def infer(
+        self, spec: HostSpec, *, image: str, params: dict[str, Any], timeout: float
+    ) -> list[tuple[str, bytes]]:
         """Run one request on the warm host (starting it first if it is not running)."""
         async with self._lock(spec.experiment_id):
             host = self._hosts.get(spec.experiment_id)

@@ -51,8 +51,9 @@ class ImageCache:
         for sub in (".tmp", ".trash"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
-    def get_or_fetch(self, dataset_id: str, image_id: str, fetch: Callable[[Path], list[Path]], *,
-                     ttl_s: float | None = None) -> list[Path]:
+    def get_or_fetch(
+        self, dataset_id: str, image_id: str, fetch: Callable[[Path], list[Path]], *, ttl_s: float | None = None
+    ) -> list[Path]:
         """Cached files (touched), or `fetch(dest_dir)` run once however many threads ask at the same time."""
         ttl = self._ttl(ttl_s)
         key = (dataset_id, image_id)
@@ -130,8 +131,9 @@ class ImageCache:
         self._write(folder, key, entry)
         return files
 
-    def _fill(self, key: tuple[str, str], fetch: Callable[[Path], list[Path]], ttl: float,
-              generation: int) -> list[Path]:
+    def _fill(
+        self, key: tuple[str, str], fetch: Callable[[Path], list[Path]], ttl: float, generation: int
+    ) -> list[Path]:
         """Fetch into a private temp folder, then move it into place as the entry."""
         tmp = self.root / ".tmp" / uuid.uuid4().hex
         dest = tmp / _FILES
@@ -159,16 +161,22 @@ class ImageCache:
     def _read(folder: Path) -> _Entry | None:
         try:
             raw = json.loads((folder / _INDEX).read_text("utf-8"))
-            return _Entry(files=[str(f) for f in raw["files"]], ttl_s=float(raw["ttl_s"]),
-                          last_access=float(raw["last_access"]))
+            return _Entry(
+                files=[str(f) for f in raw["files"]], ttl_s=float(raw["ttl_s"]), last_access=float(raw["last_access"])
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     @staticmethod
     def _write(folder: Path, key: tuple[str, str], entry: _Entry) -> None:
         """Write the index atomically (temp file, then rename)."""
-        doc = {"dataset_id": key[0], "image_id": key[1], "files": entry.files, "ttl_s": entry.ttl_s,
-               "last_access": entry.last_access}
+        doc = {
+            "dataset_id": key[0],
+            "image_id": key[1],
+            "files": entry.files,
+            "ttl_s": entry.ttl_s,
+            "last_access": entry.last_access,
+        }
         tmp = folder / f".{_INDEX}.{uuid.uuid4().hex}"
         tmp.write_text(json.dumps(doc), "utf-8")
         os.replace(tmp, folder / _INDEX)

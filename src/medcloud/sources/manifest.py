@@ -61,8 +61,7 @@ def parse_manifest(raw: bytes, *, source: str) -> Manifest:
         images.append(image)
     if not images:
         raise Invalid(
-            f"The manifest at {source} has no valid samples: each entry of `data` needs "
-            "`image.path` and `image.id`."
+            f"The manifest at {source} has no valid samples: each entry of `data` needs `image.path` and `image.id`."
         )
     return Manifest(root_path=root_path or None, label_key=label_key, images=tuple(images))
 
@@ -71,9 +70,7 @@ def _load_json(raw: bytes, source: str) -> Any:
     try:
         return json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
-        raise Invalid(
-            f"The manifest at {source} is not valid JSON: it is not UTF-8 text ({exc.reason})."
-        ) from None
+        raise Invalid(f"The manifest at {source} is not valid JSON: it is not UTF-8 text ({exc.reason}).") from None
     except json.JSONDecodeError as exc:
         raise Invalid(f"The manifest at {source} is not valid JSON: {exc}.") from None
 
@@ -129,9 +126,7 @@ def check_relative_path(path: str, *, source: str) -> str:
     """`path` normalised (no `.` segments) when it stays below the root; `Invalid` naming it otherwise."""
     text = path
     if _URL_RE.match(text) or text.startswith(("/", "\\")) or _DRIVE_RE.match(text):
-        raise Invalid(
-            f"The manifest at {source} lists the path {path!r}, which is not relative to the dataset root."
-        )
+        raise Invalid(f"The manifest at {source} lists the path {path!r}, which is not relative to the dataset root.")
     if ".." in re.split(r"[/\\]", text):
         raise Invalid(f"The manifest at {source} lists the path {path!r}, which escapes the dataset root.")
     segments = [s for s in text.split("/") if s not in ("", ".")]

@@ -55,8 +55,10 @@ class StoreLocation:
 
     def __repr__(self) -> str:
         options = {k: ("***" if k in _SECRET_OPTIONS else v) for k, v in self.storage_options.items()}
-        return (f"StoreLocation(protocol={self.protocol!r}, url={self.url!r}, root={self.root!r}, "
-                f"manifest_path={self.manifest_path!r}, storage_options={options!r})")
+        return (
+            f"StoreLocation(protocol={self.protocol!r}, url={self.url!r}, root={self.root!r}, "
+            f"manifest_path={self.manifest_path!r}, storage_options={options!r})"
+        )
 
     __str__ = __repr__
 
@@ -71,9 +73,14 @@ class StoreLocation:
 
             old = fs.service_client
             fs.service_client = BlobServiceClient.from_connection_string(
-                self.storage_options["connection_string"], retry_total=1, initial_backoff=0.3,
-                increment_base=1, random_jitter_range=0.2, connection_timeout=CONNECT_TIMEOUT_S,
-                read_timeout=READ_TIMEOUT_S)
+                self.storage_options["connection_string"],
+                retry_total=1,
+                initial_backoff=0.3,
+                increment_base=1,
+                random_jitter_range=0.2,
+                connection_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+            )
             sync(fs.loop, old.close)
         return fs
 
@@ -100,8 +107,9 @@ class _Parsed:
     display: str
 
 
-def parse_client_url(client_url: str, client_id: str | None, client_secret: str | None, *,
-                     endpoint_url: str | None = None) -> StoreLocation:
+def parse_client_url(
+    client_url: str, client_id: str | None, client_secret: str | None, *, endpoint_url: str | None = None
+) -> StoreLocation:
     """Map a dataset's `client_url` and credentials to a `StoreLocation`; `Invalid` if unsupported."""
     parsed = _parse_store_url(client_url.strip(), client_id or None, client_secret or None, endpoint_url)
     path = parsed.path.rstrip("/") if parsed.path not in ("/", "") else parsed.path
@@ -111,8 +119,14 @@ def parse_client_url(client_url: str, client_id: str | None, client_secret: str 
         root, manifest_path = path, f"{path}/manifest.json" if path != "/" else "/manifest.json"
     if not root or (parsed.protocol != "file" and root.startswith("/")):
         raise Invalid(f"The client_url {parsed.display} names no bucket or container.")
-    return StoreLocation(protocol=parsed.protocol, storage_options=parsed.options, root=root,
-                         manifest_path=manifest_path, url=parsed.display, store=parsed.store)
+    return StoreLocation(
+        protocol=parsed.protocol,
+        storage_options=parsed.options,
+        root=root,
+        manifest_path=manifest_path,
+        url=parsed.display,
+        store=parsed.store,
+    )
 
 
 def _parse_store_url(url: str, cid: str | None, secret: str | None, endpoint_url: str | None) -> _Parsed:
@@ -136,8 +150,7 @@ def _parse_store_url(url: str, cid: str | None, secret: str | None, endpoint_url
         return _Parsed("file", {"skip_instance_cache": True}, posixpath.normpath(path), "file", display)
     if scheme in ("http", "https"):
         return _parse_http(parts, cid, secret, display)
-    raise Invalid(
-        f"The client_url {display} is not supported: use s3://, gs://, https://, a local path or file://.")
+    raise Invalid(f"The client_url {display} is not supported: use s3://, gs://, https://, a local path or file://.")
 
 
 def _parse_http(parts: Any, cid: str | None, secret: str | None, display: str) -> _Parsed:
@@ -156,16 +169,24 @@ def _parse_http(parts: Any, cid: str | None, secret: str | None, display: str) -
     return _s3(path, cid, secret, base, None, display)
 
 
-def _s3(path: str, cid: str | None, secret: str | None, endpoint: str | None, region: str | None,
-        display: str) -> _Parsed:
+def _s3(
+    path: str, cid: str | None, secret: str | None, endpoint: str | None, region: str | None, display: str
+) -> _Parsed:
     if bool(cid) != bool(secret):
-        raise Invalid("Give both client_id and client_secret (access key and secret key), or neither "
-                      "for a public bucket.")
+        raise Invalid(
+            "Give both client_id and client_secret (access key and secret key), or neither for a public bucket."
+        )
     options: dict[str, Any] = {"key": cid, "secret": secret} if cid else {"anon": True}
     client_kwargs = {k: v for k, v in (("endpoint_url", endpoint), ("region_name", region)) if v}
-    options |= {"client_kwargs": client_kwargs, "skip_instance_cache": True, "config_kwargs": {
-        "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
-        "retries": {"max_attempts": 2, "mode": "standard"}}}
+    options |= {
+        "client_kwargs": client_kwargs,
+        "skip_instance_cache": True,
+        "config_kwargs": {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "read_timeout": READ_TIMEOUT_S,
+            "retries": {"max_attempts": 2, "mode": "standard"},
+        },
+    }
     return _Parsed("s3", options, path, f"s3:{endpoint}" if endpoint else None, display)
 
 
@@ -181,8 +202,12 @@ def _azure(path: str, account: str, secret: str | None, endpoint: str, query: st
             raise Invalid("The client_secret is not a valid Azure account key or SAS token.") from None
         scheme = endpoint.split(":", 1)[0]
         conn = f"DefaultEndpointsProtocol={scheme};AccountName={account};AccountKey={secret};{conn}"
-    options = {"connection_string": conn, "skip_instance_cache": True,
-               "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
+    options = {
+        "connection_string": conn,
+        "skip_instance_cache": True,
+        "connection_timeout": CONNECT_TIMEOUT_S,
+        "read_timeout": READ_TIMEOUT_S,
+    }
     return _Parsed("abfs", options, path, f"azure:{endpoint}", display)
 
 
@@ -194,8 +219,7 @@ def _gcs(path: str, secret: str | None, endpoint: str | None, display: str) -> _
         except ValueError:
             token = None
         if not isinstance(token, dict) or "type" not in token:
-            raise Invalid("The client_secret for a Google Cloud Storage dataset must be a service-account "
-                          "JSON key.")
+            raise Invalid("The client_secret for a Google Cloud Storage dataset must be a service-account JSON key.")
     options = {"token": token, "skip_instance_cache": True, "requests_timeout": READ_TIMEOUT_S}
     if endpoint:
         options["endpoint_url"] = endpoint
@@ -211,8 +235,14 @@ def _display(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def resolve_root(location: StoreLocation, root_path: str | None, client_id: str | None,
-                 client_secret: str | None, *, endpoint_url: str | None = None) -> str:
+def resolve_root(
+    location: StoreLocation,
+    root_path: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    *,
+    endpoint_url: str | None = None,
+) -> str:
     """The fsspec path of a manifest's `root_path` (URL, absolute or relative) in `location`'s store."""
     text = (root_path or "").strip()
     if text in ("", ".", "./"):
@@ -223,8 +253,7 @@ def resolve_root(location: StoreLocation, root_path: str | None, client_id: str 
         except Invalid:
             other = None
         if other is None or other.protocol != location.protocol or other.store not in (None, location.store):
-            raise Invalid(
-                f"The manifest's root_path {_display(text)} is not in the same storage as {location.url}.")
+            raise Invalid(f"The manifest's root_path {_display(text)} is not in the same storage as {location.url}.")
         path = other.path
     elif text.startswith("/"):
         path = text if location.protocol == "file" else text.lstrip("/")
@@ -252,8 +281,7 @@ def storage_errors(location: StoreLocation, *, fault: type[MedcloudError] = Inva
         if kind == "missing":
             raise FileNotFoundError(_reason(exc, location)) from None
         if kind == "auth":
-            hint = "" if location.secrets() else (
-                " No credentials were given and anonymous access is not allowed.")
+            hint = "" if location.secrets() else (" No credentials were given and anonymous access is not allowed.")
             raise Invalid(f"The storage credentials were rejected by {location.url}.{hint}") from None
         if kind == "unreachable":
             raise fault(f"Could not reach {location.url}: {_reason(exc, location)}.") from None
@@ -261,18 +289,30 @@ def storage_errors(location: StoreLocation, *, fault: type[MedcloudError] = Inva
 
 
 def _classify(exc: BaseException) -> str | None:
-    """"missing", "auth", "unreachable" or None, from the exception's class names and status."""
+    """ "missing", "auth", "unreachable" or None, from the exception's class names and status."""
     names = {cls.__name__ for cls in type(exc).__mro__}
     status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
     response = getattr(exc, "response", None) if "ClientError" in names else None  # botocore's dict
     code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
     if names & {"ResourceNotFoundError", "NoSuchKey", "NoSuchBucket"} or status == 404:
         return "missing"
-    if (isinstance(exc, PermissionError) or "ClientAuthenticationError" in names or status in (401, 403)
-            or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")):
+    if (
+        isinstance(exc, PermissionError)
+        or "ClientAuthenticationError" in names
+        or status in (401, 403)
+        or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
+    ):
         return "auth"
-    if names & {"ConnectionError", "TimeoutError", "HTTPClientError", "ReadTimeoutError",
-                "ServiceRequestError", "ServiceResponseError", "ClientConnectionError", "FSTimeoutError"}:
+    if names & {
+        "ConnectionError",
+        "TimeoutError",
+        "HTTPClientError",
+        "ReadTimeoutError",
+        "ServiceRequestError",
+        "ServiceResponseError",
+        "ClientConnectionError",
+        "FSTimeoutError",
+    }:
         return "unreachable"
     return None
 
@@ -289,20 +329,27 @@ def _reason(exc: BaseException, location: StoreLocation) -> str:
 class ObjectStoreSource:
     """Object-storage dataset: a manifest plus files, read through fsspec."""
 
-    def __init__(self, location: StoreLocation, manifest: Manifest, root: str,
-                 fs: fsspec.AbstractFileSystem) -> None:
+    def __init__(self, location: StoreLocation, manifest: Manifest, root: str, fs: fsspec.AbstractFileSystem) -> None:
         self.location, self.root, self._manifest, self._fs = location, root, manifest, fs
         self._by_id = {image.id: image for image in manifest.images}
         self._dirs: set[str] = set()  # listed paths that are folders (e.g. a DICOM series), as learnt
 
     @classmethod
-    def open(cls, client_url: str, client_id: str | None, client_secret: str | None, *,
-             endpoint_url: str | None = None, check_files: bool = True) -> ObjectStoreSource:
+    def open(
+        cls,
+        client_url: str,
+        client_id: str | None,
+        client_secret: str | None,
+        *,
+        endpoint_url: str | None = None,
+        check_files: bool = True,
+    ) -> ObjectStoreSource:
         """Connect, read and validate the manifest and (unless told not to) check every listed file exists."""
         location = parse_client_url(client_url, client_id, client_secret, endpoint_url=endpoint_url)
         fs = location.filesystem()
-        manifest_url = location.url if location.url.lower().endswith(".json") else (
-            f"{location.url.rstrip('/')}/manifest.json")
+        manifest_url = (
+            location.url if location.url.lower().endswith(".json") else (f"{location.url.rstrip('/')}/manifest.json")
+        )
         manifest = parse_manifest(_read_manifest(fs, location), source=manifest_url)
         root = resolve_root(location, manifest.root_path, client_id, client_secret, endpoint_url=endpoint_url)
         source = cls(location, manifest, root, fs)
@@ -374,7 +421,7 @@ class ObjectStoreSource:
             if pairs:
                 with storage_errors(self.location, fault=Unavailable):
                     self._fs.get([remote for remote, _ in pairs], [str(t) for t in temps])
-            for temp, target in zip(temps, targets):
+            for temp, target in zip(temps, targets, strict=True):
                 os.replace(temp, target)
         finally:
             for temp in temps:
@@ -393,7 +440,7 @@ class ObjectStoreSource:
                 self._fs.invalidate_cache(remote)
                 found = sorted(self._fs.find(remote))
             for path in found:
-                below = self._fs._strip_protocol(path)[len(remote) + 1:]
+                below = self._fs._strip_protocol(path)[len(remote) + 1 :]
                 pairs.append((path, check_relative_path(f"{rel}/{below}", source=self.url)))
         return pairs
 
@@ -437,8 +484,7 @@ def _read_manifest(fs: fsspec.AbstractFileSystem, location: StoreLocation) -> by
             info = fs.info(location.manifest_path)
             if info.get("type") == "file":
                 if (info.get("size") or 0) > MAX_MANIFEST_BYTES:
-                    raise Invalid(
-                        f"The manifest at {location.url} is larger than {MAX_MANIFEST_BYTES} bytes.")
+                    raise Invalid(f"The manifest at {location.url} is larger than {MAX_MANIFEST_BYTES} bytes.")
                 return bytes(fs.cat_file(location.manifest_path))
     except (FileNotFoundError, IsADirectoryError):
         pass

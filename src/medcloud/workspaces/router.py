@@ -55,8 +55,7 @@ async def patch_workspace(workspace_id: str, request: Request, caller: CallerDep
         with ctx.db.session() as session:
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid)
             if body.cloud_specific_details is not None:
-                service.verify(cloud_type=row.cloud_type, details=body.cloud_specific_details,
-                               settings=ctx.settings)
+                service.verify(cloud_type=row.cloud_type, details=body.cloud_specific_details, settings=ctx.settings)
             return service.patch(session, row=row, body=body, box=ctx.box).model_dump(mode="json")
 
     return await run_in_threadpool(run)

@@ -10,7 +10,13 @@ from medcloud.errors import Conflict, NotFound
 from medcloud.secrets import SecretBox
 from medcloud.workspaces import storage
 from medcloud.workspaces.orm import Workspace
-from medcloud.workspaces.schemas import SECRET_DETAIL_KEYS, CloudDetails, WorkspaceCreate, WorkspaceOut, WorkspacePatch
+from medcloud.workspaces.schemas import (
+    SECRET_DETAIL_KEYS,
+    CloudDetails,
+    WorkspaceCreate,
+    WorkspaceOut,
+    WorkspacePatch,
+)
 
 
 def _split(details: CloudDetails) -> tuple[dict, dict]:
@@ -22,8 +28,13 @@ def _split(details: CloudDetails) -> tuple[dict, dict]:
 
 def to_out(row: Workspace) -> WorkspaceOut:
     return WorkspaceOut(
-        id=row.id, name=row.name, description=row.description, cloud_type=row.cloud_type,
-        cloud_specific_details=dict(row.details), created_on=row.created_on, last_modified=row.last_modified,
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        cloud_type=row.cloud_type,
+        cloud_specific_details=dict(row.details),
+        created_on=row.created_on,
+        last_modified=row.last_modified,
     )
 
 
@@ -36,8 +47,13 @@ def verify(*, cloud_type: str, details: CloudDetails, settings: Settings) -> Non
 def create(session: Session, *, org: str, user_id: str, body: WorkspaceCreate, box: SecretBox) -> WorkspaceOut:
     public, secret = _split(body.cloud_specific_details)
     row = Workspace(
-        org=org, user_id=user_id, name=body.name, description=body.description,
-        cloud_type=body.cloud_type.value, details=public, sealed_secrets=box.seal(secret),
+        org=org,
+        user_id=user_id,
+        name=body.name,
+        description=body.description,
+        cloud_type=body.cloud_type.value,
+        details=public,
+        sealed_secrets=box.seal(secret),
     )
     session.add(row)
     session.flush()
