@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     )
     token_ttl_s: int = 24 * 3600
     demo: bool = Field(default=True, description="On `serve`, create the demo org/user/key, dataset and bundles.")
-    demo_org: str = "demo"
+    # The hosted service's default org for MONAI users: the guides' URLs work unchanged against the demo.
+    demo_org: str = "iasixjqzw1hj"
     demo_user: str = "demo"
 
     # A MONAI bundle is code: only these hosts may serve `bundle_url`s ("*" allows any).

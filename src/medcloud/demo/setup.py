@@ -31,15 +31,18 @@ def _demo_key(ctx: Context) -> str:
     return key
 
 
-def _demo_dataset(ctx: Context, user_id: str, root: Path) -> tuple[str, str]:
-    """Register the demo dataset for the demo user (once); return its id and an image id."""
+def _demo_dataset(ctx: Context, user_id: str, root: Path) -> tuple[str, dict[str, str]]:
+    """Register the demo dataset for the demo user (once); return its id and an image id per bundle kind."""
     from medcloud.demo.synthetic import write_demo_dataset
 
     manifest_path = root / "manifest.json"
     if not manifest_path.exists():
         manifest_path = write_demo_dataset(root)
     manifest = parse_manifest(manifest_path.read_bytes(), source=str(manifest_path))
-    image_id = next(i.id for i in manifest.images if i.paths[0].endswith(".nii.gz"))
+    image_ids = {
+        "segmentation": next(i.id for i in manifest.images if i.paths[0].endswith(".nii.gz")),
+        "classification": next(i.id for i in manifest.images if i.paths[0].endswith(".png")),
+    }
     with ctx.db.session() as session:
         row = session.scalar(select(Dataset).where(Dataset.user_id == user_id, Dataset.name == DEMO_DATASET))
         if row is None:
@@ -49,8 +52,8 @@ def _demo_dataset(ctx: Context, user_id: str, root: Path) -> tuple[str, str]:
             out = datasets.create(
                 session, org=ctx.settings.demo_org, user_id=user_id, body=body, kind="objectstore", box=ctx.box
             )
-            return out.id, image_id
-        return row.id, image_id
+            return out.id, image_ids
+        return row.id, image_ids
 
 
 def prepare_demo(ctx: Context, out: TextIO) -> None:
@@ -67,7 +70,7 @@ def prepare_demo(ctx: Context, out: TextIO) -> None:
     key = _demo_key(ctx)
     with ctx.db.session() as session:
         user_id, _token = auth.login(session, api_key=key, signing_key=ctx.signing_key, ttl_s=60)
-    dataset_id, image_id = _demo_dataset(ctx, user_id, demo_dir / "dataset")
+    dataset_id, image_ids = _demo_dataset(ctx, user_id, demo_dir / "dataset")
     base = f"http://{ctx.settings.host}:{ctx.settings.port}"
     print(
         "\nmedcloud demo is ready. In guide 000 set:\n"
@@ -75,8 +78,12 @@ def prepare_demo(ctx: Context, out: TextIO) -> None:
         f'  ngc_api_key = "{key}"\n'
         f'  base_url = f"{{host_url}}/api/v1/orgs/{ctx.settings.demo_org}"\n'
         f'  container_url = "{demo_dir / "dataset"}"   # demo dataset (already registered: {dataset_id})\n'
-        f'  inference_image_id = "{image_id}"\n'
-        f'  bundle_url = "file://{zips["segmentation"]}"   # or file://{zips["classification"]}\n'
+        '  access_id = access_secret = ""   # a local folder needs no credentials\n'
+        f'  bundle_url = "file://{zips["classification"]}"\n'
+        f'  inference_image_id = "{image_ids["classification"]}"   # an RGB frame for the classification bundle\n'
+        f'or, for the 3D segmentation bundle:\n'
+        f'  bundle_url = "file://{zips["segmentation"]}"\n'
+        f'  inference_image_id = "{image_ids["segmentation"]}"   # a CT volume\n'
         "The demo API key is:",
         file=out,
     )
