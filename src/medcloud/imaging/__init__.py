@@ -1,0 +1,1 @@
+"""DICOM imaging: series to volumes and NIfTI, DICOM SEG to and from label volumes, synthetic CT series."""
