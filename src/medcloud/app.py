@@ -16,6 +16,9 @@ from medcloud.config import Settings
 from medcloud.context import Context
 from medcloud.datasets.router import router as datasets_router
 from medcloud.experiments.router import router as experiments_router
+from medcloud.jobs.router import router as jobs_router
+from medcloud.jobs.runner import LocalRunner
+from medcloud.learning.hub import LearningHub
 from medcloud.workspaces.router import router as workspaces_router
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,14 @@ async def _sweep_cache(ctx: Context) -> None:
             log.exception("Cache sweep failed")
 
 
+def _max_train_jobs(ctx: Context) -> int:
+    if ctx.settings.max_train_jobs:
+        return ctx.settings.max_train_jobs
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
+
+
 def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:
     """Build the app; the context (DB, cache, model hosts) lives as long as the app runs."""
     ctx = context or Context.build(settings or Settings())
@@ -40,17 +51,23 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweeper = asyncio.create_task(_sweep_cache(ctx))
+        ctx.hub = LearningHub(ctx)
+        ctx.runner = LocalRunner(ctx, max_parallel=_max_train_jobs(ctx), on_ended=ctx.hub.job_ended)
+        await ctx.runner.start()
+        await ctx.hub.start()
         try:
             yield
         finally:
             sweeper.cancel()
+            await ctx.hub.stop()
+            await ctx.runner.stop()
             await ctx.hosts.stop_all()
             ctx.close()
 
     app = FastAPI(title="medcloud", version=__version__, lifespan=lifespan)
     app.state.context = ctx
     errors.install(app)
-    for router in (auth_router, workspaces_router, datasets_router, experiments_router):
+    for router in (auth_router, workspaces_router, datasets_router, experiments_router, jobs_router):
         app.include_router(router)
 
     @app.get("/api/v1/health/liveness")

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     image_cache_max_ttl_s: int = 3600
     cache_sweep_interval_s: float = 30.0
     host_start_timeout_s: float = 600.0
+    max_train_jobs: int | None = Field(
+        default=None, ge=1, description="Train/batch jobs running at once; default one per GPU (one without GPU)."
+    )
     host_python: str | None = Field(default=None, description="Python that runs model hosts; default ours.")
 
     vista3d_bundle: str | None = Field(

@@ -12,6 +12,8 @@ from medcloud.secrets import SecretBox, derive_key, load_master_secret
 
 if TYPE_CHECKING:
     from medcloud.inference.hosts import HostManager
+    from medcloud.jobs.runner import LocalRunner
+    from medcloud.learning.hub import LearningHub
     from medcloud.sources.cache import ImageCache
 
 
@@ -25,6 +27,8 @@ class Context:
     signing_key: bytes
     cache: ImageCache
     hosts: HostManager = field(default=None)  # type: ignore[assignment]  # set in build()
+    runner: LocalRunner | None = None  # started in the app lifespan
+    hub: LearningHub | None = None  # started in the app lifespan
     background: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="medcloud-bg")
     )

@@ -67,6 +67,7 @@ def create_schema(engine: Engine) -> None:
     from medcloud.auth import orm as _auth  # noqa: F401
     from medcloud.datasets import orm as _datasets  # noqa: F401
     from medcloud.experiments import orm as _experiments  # noqa: F401
+    from medcloud.jobs import orm as _jobs  # noqa: F401
     from medcloud.workspaces import orm as _workspaces  # noqa: F401
 
     Base.metadata.create_all(engine)

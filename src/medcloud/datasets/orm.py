@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Float, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from medcloud.db import Base, Owned, Timestamped, new_id
@@ -33,7 +33,7 @@ class Notification(Base, Timestamped):
     """One durable `notify` entry: an image whose label was added, updated or removed."""
 
     __tablename__ = "notifications"
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # orders notifications
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     section: Mapped[str] = mapped_column(String(16))
     image_id: Mapped[str] = mapped_column(String(256))

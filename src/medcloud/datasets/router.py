@@ -94,4 +94,7 @@ async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, c
                 return actions.nextimage(ctx, row=row, pick=pick)
             return actions.notify(ctx, session=session, row=row, specs=job.specs)
 
-    return JSONResponse(status_code=201, content=await run_in_threadpool(run))
+    content = await run_in_threadpool(run)
+    if job.action == DatasetAction.NOTIFY and ctx.hub is not None:
+        ctx.hub.dataset_changed(did)  # committed: wake the annotation controllers at once
+    return JSONResponse(status_code=201, content=content)

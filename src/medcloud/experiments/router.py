@@ -15,7 +15,7 @@ from medcloud.api.listing import apply_list_params
 from medcloud.bundles.fetch import BundleError
 from medcloud.context import Context
 from medcloud.db import new_id
-from medcloud.errors import Invalid
+from medcloud.errors import Conflict, Invalid
 from medcloud.experiments import catalogue, realtime, service
 from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import (
@@ -26,6 +26,8 @@ from medcloud.experiments.schemas import (
     InferenceSpecs,
 )
 from medcloud.inference.outputs import encode_multipart
+from medcloud.jobs import service as jobs
+from medcloud.learning import actions as learning
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/orgs/{org}")
@@ -149,6 +151,8 @@ async def delete_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) 
     def check() -> None:
         with ctx.db.session() as session:
             service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
+            if jobs.active_for_experiment(session, experiment_id=eid):
+                raise Conflict("Experiment in use")
 
     await run_in_threadpool(check)
     await ctx.hosts.stop(eid)
@@ -156,7 +160,8 @@ async def delete_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) 
     def delete() -> dict:
         with ctx.db.session() as session:
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
-            return service.delete_row(session, row=row).model_dump(mode="json")
+            busy = len(jobs.active_for_experiment(session, experiment_id=eid))
+            return service.delete_row(session, row=row, busy_jobs=busy).model_dump(mode="json")
 
     out = await run_in_threadpool(delete)
     await run_in_threadpool(shutil.rmtree, ctx.settings.data_dir / "experiments" / eid, True)
@@ -173,9 +178,19 @@ async def experiment_action(experiment_id: str, request: Request, caller: Caller
             return service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
 
     row = await run_in_threadpool(load)
-    if job.action != ExperimentAction.INFERENCE:
-        raise Invalid(f"Action {job.action.value} is not supported by this server yet.")
-    return await _inference(ctx, row, job)
+    if job.action == ExperimentAction.INFERENCE:
+        return await _inference(ctx, row, job)
+
+    def create() -> str:
+        with ctx.db.session() as session:
+            return learning.create_job(session, experiment=row, request=job).id
+
+    job_id = await run_in_threadpool(create)
+    if job.action == ExperimentAction.ANNOTATION:
+        ctx.hub.launch(job_id)
+    else:
+        ctx.runner.wake()
+    return JSONResponse(status_code=201, content=job_id)
 
 
 async def _inference(ctx: Context, row: Experiment, job: ExperimentJob) -> Response:

@@ -24,6 +24,7 @@ CUSTOM_ACTIONS = ["train", "inference", "annotation", "batchinfer"]
 
 
 def to_out(row: Experiment, jobs: list[str] | None = None) -> ExperimentOut:
+    """The API shape; `jobs` are the ids of the experiment's jobs when the caller loaded them."""
     return ExperimentOut(
         id=row.id,
         name=row.name,

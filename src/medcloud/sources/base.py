@@ -9,6 +9,9 @@ from typing import Any, Protocol
 class DataSource(Protocol):
     """A dataset's images, as the dataset actions and inference need them."""
 
+    def image_ids(self) -> list[str]:
+        """Ids of every image of the dataset."""
+
     def unlabeled_ids(self) -> list[str]:
         """Ids of images no label references yet."""
 

@@ -376,6 +376,10 @@ class ObjectStoreSource:
         except (KeyError, TypeError):
             raise Invalid(f"Image {image_id} is not in the dataset.") from None
 
+    def image_ids(self) -> list[str]:
+        """Every image of the manifest, labeled or not."""
+        return [image.id for image in self._manifest.images]
+
     def unlabeled_ids(self) -> list[str]:
         """Ids of the images without a label, in manifest order (the `DataSource` protocol)."""
         return [image.id for image in self._manifest.images if image.label_id is None]

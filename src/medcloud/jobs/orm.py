@@ -1,0 +1,22 @@
+"""The jobs table."""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from medcloud.db import Base, Owned
+
+
+class Job(Base, Owned):
+    __tablename__ = "jobs"
+    experiment_id: Mapped[str | None] = mapped_column(String(36), index=True, default=None)
+    dataset_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    parent_id: Mapped[str | None] = mapped_column(String(36), index=True, default=None)
+    action: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    specs: Mapped[dict] = mapped_column(default=dict)
+    result: Mapped[dict] = mapped_column(default=dict)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    heartbeat: Mapped[float | None] = mapped_column(Float, default=None)
+    started: Mapped[float | None] = mapped_column(Float, default=None)

@@ -1,0 +1,23 @@
+"""Response shape of jobs (API.md §7)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class JobOut(BaseModel):
+    id: str
+    parent_id: str | None
+    action: str
+    status: str
+    specs: dict[str, Any]
+    name: str
+    description: str
+    result: dict[str, Any]
+    experiment_id: str | None
+    dataset_id: str | None
+    created_on: datetime
+    last_modified: datetime

@@ -1,0 +1,105 @@
+"""Creating and cancelling the asynchronous experiment jobs (`train`, `annotation`, `batchinfer`)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from medcloud.errors import Conflict, Invalid, NotFound
+from medcloud.experiments.orm import Experiment
+from medcloud.experiments.schemas import CUSTOM_ARCHS, ExperimentJob
+from medcloud.jobs import service as jobs
+from medcloud.jobs.orm import Job
+from medcloud.jobs.states import TERMINAL, JobStatus
+from medcloud.learning.train import FORBIDDEN_KEYS
+
+
+def _check_overrides(specs: Any, where: str) -> dict[str, Any]:
+    if not isinstance(specs, dict):
+        raise Invalid(f"Invalid Input. `{where}` must be an object.")
+    bad = sorted(k for k in specs if str(k).split("#")[0] in FORBIDDEN_KEYS)
+    if bad:
+        raise Invalid(f"Invalid Input. `{where}` may not set {', '.join(bad)}.")
+    return specs
+
+
+def _check_train(experiment: Experiment, specs: dict[str, Any]) -> None:
+    _check_overrides(specs, "specs")
+    if not experiment.train_datasets:
+        raise Invalid("The experiment has no train_datasets to train on.")
+    if experiment.network_arch in CUSTOM_ARCHS:
+        configs = specs.get("config_file") or "configs/train.json"
+        for config in [configs] if isinstance(configs, str) else list(configs):
+            if not (Path(experiment.bundle_dir) / str(config)).is_file():
+                raise Invalid(f"The experiment's bundle has no {config} to train with.")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Invalid(f"Invalid Input. `{name}` must be a positive integer.")
+    return value
+
+
+def _check_annotation(session: Session, experiment: Experiment, specs: dict[str, Any]) -> None:
+    if not experiment.eval_dataset or len(experiment.train_datasets) != 1:
+        raise Invalid("An annotation job needs an eval_dataset and exactly one train dataset.")
+    if jobs.active_for_experiment(session, experiment_id=experiment.id, action="annotation"):
+        raise Conflict("The experiment already has a Pending or Running annotation job.")
+    _positive_int(specs.get("round_size", 1), "round_size")
+    if not isinstance(specs.get("stop_criteria", {}), dict):
+        raise Invalid("Invalid Input. `stop_criteria` must be an object.")
+    _check_train(experiment, _check_overrides(specs.get("train_spec", {}), "train_spec"))
+
+
+def _check_batchinfer(session: Session, experiment: Experiment, specs: dict[str, Any]) -> None:
+    if not (experiment.inference_dataset or experiment.train_datasets):
+        raise Invalid("The experiment has no inference_dataset to run on.")
+    train_job_id = specs.get("train_job_id")
+    if train_job_id is not None:
+        try:
+            train_job_id = str(uuid.UUID(str(train_job_id)))
+        except ValueError:
+            raise Invalid("Job ID passed is not a valid UUID") from None
+        train = session.get(Job, train_job_id)
+        if train is None or train.experiment_id != experiment.id or train.action != "train" or train.status != "Done":
+            raise Invalid(f"train_job_id {train_job_id} is not a finished train job of this experiment.")
+
+
+def create_job(session: Session, *, experiment: Experiment, request: ExperimentJob) -> Job:
+    """Validate and create the job row (Pending); the caller wakes the runner or the hub."""
+    specs = dict(request.specs)
+    if request.action == "train":
+        _check_train(experiment, specs)
+    elif request.action == "annotation":
+        _check_annotation(session, experiment, specs)
+    else:
+        _check_batchinfer(session, experiment, specs)
+    parent = request.parent_job_id
+    if parent is not None:
+        try:
+            jobs.get_row(session, org=experiment.org, user_id=experiment.user_id, experiment_id=experiment.id,
+                         job_id=str(uuid.UUID(parent)))
+        except (ValueError, NotFound):
+            raise Invalid(f"parent_job_id {parent} is not a job of this experiment.") from None
+    return jobs.create(session, org=experiment.org, user_id=experiment.user_id, experiment_id=experiment.id,
+                       action=request.action.value, specs=specs, name=request.name or "",
+                       description=request.description or "", parent_id=parent)
+
+
+def begin_cancel(session: Session, row: Job) -> tuple[str, list[str]]:
+    """Record the cancel; return the message and the ids of running processes to kill."""
+    if row.status in TERMINAL:
+        return f"Job {row.id} already ended ({row.status}); nothing to cancel.", []
+    was = row.status
+    to_kill: list[str] = []
+    children = [j for j in jobs.list_for_experiment(session, experiment_id=row.experiment_id) if j.parent_id == row.id]
+    for job in [row, *children]:
+        if job.status == JobStatus.PENDING or (job.action == "annotation" and job.status != JobStatus.CANCELING):
+            jobs.transition(session, job, JobStatus.CANCELED, "Canceled by the user.")
+        elif job.status == JobStatus.RUNNING:
+            jobs.transition(session, job, JobStatus.CANCELING, "Canceling.")
+            to_kill.append(job.id)
+    return f"{was} job {row.id} cancelled", to_kill

@@ -1,0 +1,118 @@
+"""The `train` job: a custom bundle's own `configs/train.json` run through MONAI's ConfigWorkflow.
+
+Server-consumed spec keys are taken out; everything else is a bundle override. The data lists are
+the experiment's labeled images, checkpoints and the resolved config go to the job's results folder,
+and per-epoch progress goes to `progress.json` for the runner.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from medcloud.context import Context
+from medcloud.datasets.orm import Dataset
+from medcloud.experiments.orm import Experiment
+from medcloud.jobs.orm import Job
+from medcloud.learning.datalist import train_and_validation
+from medcloud.learning.progress import ProgressReporter
+
+SERVER_KEYS = frozenset({
+    "config_file", "logging_file", "meta_file", "tracking", "num_gpu", "tracking_uri", "experiment_name",
+    "run_name", "save_execute_config", "finetune", "val_at_start",
+})
+FORBIDDEN_KEYS = frozenset({"bundle_root", "workflow_type", "ckpt_dir", "finetune_model_path"})
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """A plain state dict from a checkpoint saved either bare or as `{"model": ...}` (ignite's savers)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
+
+
+def _expr(path: Path) -> str:
+    """A path as a config expression (a plain string breaks MONAI's MLflow config artifact)."""
+    return "$" + repr(str(path))
+
+
+def _datasets(ctx: Context, experiment: Experiment) -> tuple[list[dict], list[dict]]:
+    labels = (experiment.model_params or {}).get("labels") or {}
+    with ctx.db.session() as session:
+        train = session.get(Dataset, experiment.train_datasets[0])
+        validation = session.get(Dataset, experiment.eval_dataset) if experiment.eval_dataset else None
+    return train_and_validation(ctx, train=train, validation=validation, labels=labels)
+
+
+def bundle_overrides(specs: dict[str, Any], *, bundle: Path, results: Path, job_id: str,
+                     train_items: list[dict], val_items: list[dict]) -> dict[str, Any]:
+    overrides = {k: v for k, v in specs.items() if k not in SERVER_KEYS}
+    overrides.update({
+        "bundle_root": str(bundle), "ckpt_dir": _expr(results / "models"), "output_dir": _expr(results / "eval"),
+        "train#dataset#data": [{"image": i["image"], "label": i["label"]} for i in train_items],
+        "validate#dataset#data": [{"image": i["image"], "label": i["label"]} for i in val_items],
+    })
+    if specs.get("tracking") == "mlflow":
+        overrides["run_name"] = specs.get("run_name") or job_id
+        for key in ("tracking_uri", "experiment_name", "save_execute_config"):
+            if key in specs:
+                overrides[key] = specs[key]
+    return overrides
+
+
+def _workflow(specs: dict[str, Any], bundle: Path, overrides: dict[str, Any]) -> ConfigWorkflow:
+    configs = specs.get("config_file") or "configs/train.json"
+    configs = [str(bundle / c) for c in ([configs] if isinstance(configs, str) else configs)]
+    logging_conf = bundle / (specs.get("logging_file") or "configs/logging.conf")
+    return ConfigWorkflow(
+        config_file=configs, meta_file=str(bundle / (specs.get("meta_file") or "configs/metadata.json")),
+        logging_file=str(logging_conf) if logging_conf.exists() else False,
+        tracking="mlflow" if specs.get("tracking") == "mlflow" else None, workflow_type="train", **overrides,
+    )
+
+
+def _attach_progress(trainer: Any, evaluator: Any, reporter: ProgressReporter) -> None:
+    def report(engine: Any) -> None:
+        best = getattr(evaluator.state, "best_metric", None) if evaluator is not None else None
+        reporter.update(epoch=engine.state.epoch, cur_iter=engine.state.iteration,
+                        key_metric=None if best is None or best == -1 else float(best))
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, report)
+
+
+def run_bundle_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
+    specs, bundle, results = dict(job.specs), Path(experiment.bundle_dir), job_dir / "results"
+    train_items, val_items = _datasets(ctx, experiment)
+    overrides = bundle_overrides(specs, bundle=bundle, results=results, job_id=job.id,
+                                 train_items=train_items, val_items=val_items)
+    workflow = _workflow(specs, bundle, overrides)
+    workflow.initialize()
+    parser = workflow.parser
+    trainer = parser.get_parsed_content("train#trainer")
+    evaluator = parser.get_parsed_content("validate#evaluator") if val_items and "validate" in parser else None
+    if specs.get("finetune") and (bundle / "models" / "model.pt").exists():
+        parser.get_parsed_content("network").load_state_dict(load_state_dict(bundle / "models" / "model.pt"))
+    _attach_progress(trainer, evaluator, ProgressReporter(job_dir, trainer.state.max_epochs))
+    if specs.get("val_at_start") and evaluator is not None:
+        evaluator.run(global_epoch=0)
+    workflow.run()
+    workflow.finalize()
+    (results / "configs").mkdir(parents=True, exist_ok=True)
+    parser.export_config_file(parser.get(), str(results / "configs" / "train_resolved.json"))
+    (results / "configs" / "datalist.json").write_text(json.dumps({"training": train_items, "validation": val_items}))
+    best = getattr(evaluator.state, "best_metric", -1) if evaluator is not None else -1
+    best_epoch = getattr(evaluator.state, "best_metric_epoch", -1) if evaluator is not None else -1
+    return {"epoch": int(best_epoch), "key_metric": float(best), "max_epoch": int(trainer.state.max_epochs),
+            "checkpoint": "results/models/model.pt"}
+
+
+def run_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
+    if experiment.network_arch == "monai_vista3d":
+        from medcloud.learning.vista3d_train import run_vista3d_train
+
+        return run_vista3d_train(ctx, job=job, experiment=experiment, job_dir=job_dir)
+    return run_bundle_train(ctx, job=job, experiment=experiment, job_dir=job_dir)
