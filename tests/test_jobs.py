@@ -6,6 +6,7 @@ import io
 import os
 import signal
 import tarfile
+from pathlib import Path
 
 import pytest
 from helpers import wait_for
@@ -56,7 +57,8 @@ def test_train_job_runs_the_bundle_and_reports_its_best_epoch(api, local_dataset
     assert logs.status_code == 200 and "Epoch" in logs.text
     tar = api.get(f"experiments/{exp['id']}/jobs/{job_id}:download")
     assert tar.status_code == 200
-    names = tarfile.open(fileobj=io.BytesIO(tar.content)).getnames()
+    with tarfile.open(fileobj=io.BytesIO(tar.content)) as archive:
+        names = archive.getnames()
     assert f"{job_id}/results/models/model.pt" in names
     assert f"{job_id}/results/configs/train_resolved.json" in names
     listed = api.get(f"experiments/{exp['id']}/jobs").json()["jobs"]
@@ -91,8 +93,8 @@ def test_cancel_kills_the_whole_process_tree(api, local_dataset, demo_zips):
     resp = api.post(f"experiments/{exp['id']}/jobs/{job_id}:cancel")
     assert resp.status_code == 200 and resp.json() == {"message": f"Running job {job_id} cancelled"}
     assert wait_status(api, exp, job_id, {"Canceled"})["status"] == "Canceled"
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower(),
-             what="the worker to be gone")
+    status = Path(f"/proc/{pid}/status")
+    wait_for(lambda: not status.exists() or "zombie" in status.read_text().lower(), what="the worker to be gone")
 
 
 def test_killed_worker_becomes_error_with_a_message(api, local_dataset, demo_zips):

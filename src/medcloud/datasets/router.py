@@ -90,7 +90,7 @@ async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, c
             if job.action == DatasetAction.CACHEIMAGE:
                 return actions.cacheimage(ctx, row=row, specs=job.specs)
             if job.action == DatasetAction.NEXTIMAGE:
-                pick = partial(service.pick_least_recently_served, session, dataset_id=did)
+                pick = partial(service.pick_least_recently_served, ctx.db, dataset_id=did)
                 return actions.nextimage(ctx, row=row, pick=pick)
             return actions.notify(ctx, session=session, row=row, specs=job.specs)
 

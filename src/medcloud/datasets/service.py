@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import defaultdict
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from medcloud.datasets.orm import Dataset, ServedImage
 from medcloud.datasets.schemas import DatasetCreate, DatasetOut, DatasetPatch
+from medcloud.db import Database
 from medcloud.errors import Conflict, NotFound
 from medcloud.secrets import SecretBox
 from medcloud.sources.base import DataSource
@@ -110,15 +113,24 @@ def delete(session: Session, *, row: Dataset, users: list[str]) -> DatasetOut:
     return out
 
 
-def pick_least_recently_served(session: Session, candidates: list[str], *, dataset_id: str) -> str | None:
-    """Choose the candidate served longest ago (never-served first) and mark it served now."""
+_pick_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+def pick_least_recently_served(db: Database, candidates: list[str], *, dataset_id: str) -> str | None:
+    """Choose the candidate served longest ago (never-served first) and mark it served now.
+
+    Read, choose and commit happen under one lock per dataset, so two annotators asking at the same
+    moment get two different images while others are left.
+    """
     if not candidates:
         return None
-    served = {s.image_id: s for s in session.scalars(select(ServedImage).where(ServedImage.dataset_id == dataset_id))}
-    choice = min(candidates, key=lambda image_id: served[image_id].served_at if image_id in served else -1.0)
-    if choice in served:
-        served[choice].served_at = time.time()
-    else:
-        session.add(ServedImage(dataset_id=dataset_id, image_id=choice, served_at=time.time()))
-    session.flush()
+    with _pick_locks[dataset_id], db.session() as session:
+        served = {
+            s.image_id: s for s in session.scalars(select(ServedImage).where(ServedImage.dataset_id == dataset_id))
+        }
+        choice = min(candidates, key=lambda image_id: served[image_id].served_at if image_id in served else -1.0)
+        if choice in served:
+            served[choice].served_at = time.time()
+        else:
+            session.add(ServedImage(dataset_id=dataset_id, image_id=choice, served_at=time.time()))
     return choice

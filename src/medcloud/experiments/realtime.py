@@ -108,8 +108,17 @@ def resolve_image(ctx: Context, *, row: Experiment, specs: InferenceSpecs) -> st
             source = datasets.source_of(ds, ctx.box)
             source.check_image(specs.image)
             files = dataset_actions.fetch_cached(ctx, dataset_id=dataset_id, image_id=specs.image, source=source)
+    return model_input(files, specs.image)
+
+
+def model_input(files: list[Path], image_id: str) -> str:
+    """What the model reads: a volume file if the source made one (DICOMweb: the series as NIfTI),
+    the single file, or the folder holding a multi-file image (a DICOM series in a manifest)."""
     if not files:
-        raise Invalid(f"Error: image {specs.image} has no files.")
+        raise Invalid(f"Error: image {image_id} has no files.")
+    volumes = [f for f in files if f.name.endswith((".nii.gz", ".nii", ".nrrd"))]
+    if volumes:
+        return str(volumes[0])
     return str(files[0]) if len(files) == 1 else str(_common_parent(files))
 
 
