@@ -147,14 +147,14 @@ class AnnotationController:
         state["train_job"] = None
         metric = train.result.get("key_metric")
         best = state.get("best_key_metric")
-        improved = (train.status == JobStatus.DONE and metric is not None and metric != -1
-                    and train.result.get("epoch") not in (0, -1) and (best is None or metric > best))
+        better = train.status == JobStatus.DONE and metric not in (None, -1) and (best is None or metric > best)
         swap = None
-        if improved:
-            state["best_key_metric"] = metric
-            state["key_metric"] = metric
-            swap = files.job_dir(self.ctx.settings.data_dir, train.id) / files.RESULTS / "models" / "model.pt"
-            swap = swap if swap.exists() else None
+        if better:
+            state["best_key_metric"] = state["key_metric"] = metric
+            # The weights change only if training beat the model it started from (not the epoch-0 check).
+            if train.result.get("epoch") not in (0, -1):
+                path = files.job_dir(self.ctx.settings.data_dir, train.id) / files.RESULTS / "models" / "model.pt"
+                swap = path if path.exists() else None
         message = f"Round {state['round']} finished ({train.status}, key_metric {metric})."
         state["detailed_status"] = {"message": message}
         jobs.merge_result(session, job, state)

@@ -97,8 +97,10 @@ def run_bundle_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir:
     if specs.get("finetune") and (bundle / "models" / "model.pt").exists():
         parser.get_parsed_content("network").load_state_dict(load_state_dict(bundle / "models" / "model.pt"))
     _attach_progress(trainer, evaluator, ProgressReporter(job_dir, trainer.state.max_epochs))
+    start_metric = None
     if specs.get("val_at_start") and evaluator is not None:
         evaluator.run(global_epoch=0)
+        start_metric = float(evaluator.state.best_metric)
     workflow.run()
     workflow.finalize()
     (results / "configs").mkdir(parents=True, exist_ok=True)
@@ -106,8 +108,11 @@ def run_bundle_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir:
     (results / "configs" / "datalist.json").write_text(json.dumps({"training": train_items, "validation": val_items}))
     best = getattr(evaluator.state, "best_metric", -1) if evaluator is not None else -1
     best_epoch = getattr(evaluator.state, "best_metric_epoch", -1) if evaluator is not None else -1
-    return {"epoch": int(best_epoch), "key_metric": float(best), "max_epoch": int(trainer.state.max_epochs),
-            "checkpoint": "results/models/model.pt"}
+    result = {"epoch": int(best_epoch), "key_metric": float(best), "max_epoch": int(trainer.state.max_epochs),
+              "checkpoint": "results/models/model.pt"}
+    if start_metric is not None:
+        result["start_key_metric"] = start_metric
+    return result
 
 
 def run_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
