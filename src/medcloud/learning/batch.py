@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ from medcloud.datasets import service as datasets
 from medcloud.datasets.orm import Dataset
 from medcloud.errors import Invalid
 from medcloud.experiments.orm import Experiment
-from medcloud.experiments.realtime import host_spec
+from medcloud.experiments.realtime import host_spec, model_input
 from medcloud.inference.host import build_predictor
 from medcloud.jobs import files
 from medcloud.jobs.orm import Job
 from medcloud.learning.progress import ProgressReporter
+
+log = logging.getLogger(__name__)
 
 
 def _weights(ctx: Context, job: Job) -> Path | None:
@@ -43,9 +46,16 @@ def run_batchinfer(ctx: Context, *, job: Job, experiment: Experiment, job_dir: P
         predictor.swap_weights(weights)
     reporter = ProgressReporter(job_dir, max_epoch=1)
     params = dict(job.specs.get("bundle_params") or {})
+    failed: dict[str, str] = {}
     for index, image_id in enumerate(image_ids, start=1):
-        local = dataset_actions.fetch_cached(ctx, dataset_id=dataset.id, image_id=image_id, source=source)
-        predictor.predict(str(local[0]), params, job_dir / files.RESULTS / "predictions" / image_id)
+        try:
+            local = dataset_actions.fetch_cached(ctx, dataset_id=dataset.id, image_id=image_id, source=source)
+            predictor.predict(model_input(local, image_id), params, job_dir / files.RESULTS / "predictions" / image_id)
+        except Exception as exc:  # one unreadable image must not lose the others' results
+            log.error("Image %s failed: %s", image_id, exc)
+            failed[image_id] = f"{type(exc).__name__}: {exc}"[:500]
         reporter.update(cur_iter=index)
     reporter.update(epoch=1)
-    return {"images": len(image_ids), "epoch": -1, "key_metric": -1}
+    if image_ids and len(failed) == len(image_ids):
+        raise Invalid(f"Batch inference failed on every image; first error: {next(iter(failed.values()))}")
+    return {"images": len(image_ids) - len(failed), "failed": failed, "epoch": -1, "key_metric": -1}
