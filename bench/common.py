@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))  # the real-service starters (Orthanc) the tests use
 
 from medcloud.devserver import Server, create_key
 
@@ -91,3 +93,13 @@ def single_image_dataset(folder: Path, image: Path) -> str:
     image_id = "00000000-0000-4000-8000-000000000001"
     (folder / "manifest.json").write_text(json.dumps({"data": [{"image": {"path": [image.name], "id": image_id}}]}))
     return image_id
+
+
+def wait_job(client: Client, experiment_id: str, job_id: str, statuses: set[str], timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.http.get(f"/experiments/{experiment_id}/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.02)
+    raise TimeoutError(f"job {job_id} did not reach {statuses}")
