@@ -42,3 +42,10 @@ def substitute(cell: str, replacements: dict[str, str]) -> str:
         name = line.split("=", 1)[0].strip() if "=" in line and not line.startswith((" ", "\t")) else None
         out.append(f"{name} = {replacements[name]!r}" if name in replacements else line)
     return "\n".join(out)
+
+
+def guide_snippet(name_prefix: str, contains: str) -> str:
+    """A ```python block of the guide's prose (not a cell) that contains `contains`."""
+    text = next(SEEDS.glob(f"{name_prefix}_*.txt")).read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python")[1:]]
+    return next(b for b in blocks if contains in b)

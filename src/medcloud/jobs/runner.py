@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -59,6 +60,7 @@ class LocalRunner:
         self._procs: dict[str, subprocess.Popen | None] = {}  # None: adopted after a restart
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._lock = threading.Lock()
 
     async def start(self) -> None:
         await asyncio.to_thread(self._reap_or_adopt)
@@ -104,6 +106,10 @@ class LocalRunner:
         await asyncio.to_thread(self._schedule)
 
     def _check_running(self) -> list[str]:
+        with self._lock:  # the loop's tick and a cancel may look at the same moment
+            return self._check_running_locked()
+
+    def _check_running_locked(self) -> list[str]:
         ended = []
         for job_id, proc in list(self._procs.items()):
             directory = files.job_dir(self.ctx.settings.data_dir, job_id)
@@ -134,7 +140,7 @@ class LocalRunner:
         jobs.transition(session, row, target, outcome.get("message") or target.value)
 
     def _schedule(self) -> None:
-        with self.ctx.db.session() as session:
+        with self._lock, self.ctx.db.session() as session:
             pending = session.scalars(
                 select(Job).where(Job.status == "Pending", Job.action.in_(PROCESS_ACTIONS)).order_by(Job.created_on)
             ).all()
@@ -159,11 +165,23 @@ class LocalRunner:
         jobs.transition(session, row, JobStatus.RUNNING, "Running.")
 
     async def cancel(self, job_id: str) -> None:
-        """Kill the job's process tree; the next tick records Canceled."""
+        """Kill the job's process tree and record Canceled before returning (a DELETE may follow at once)."""
         proc = self._procs.get(job_id)
-        with self.ctx.db.session() as session:
-            row = session.get(Job, job_id)
-            pid = proc.pid if proc else (row.pid if row else None)
+
+        def pid_of() -> int | None:
+            with self.ctx.db.session() as session:
+                row = session.get(Job, job_id)
+                return proc.pid if proc else (row.pid if row else None)
+
+        pid = await asyncio.to_thread(pid_of)
         if pid and (proc is not None or pid_runs_job(pid, job_id)):
             await asyncio.to_thread(kill_tree, pid)
-        self.wake()
+            if proc is not None:
+                await asyncio.to_thread(proc.wait, 30)
+            else:
+                deadline = time.monotonic() + 30
+                while pid_runs_job(pid, job_id) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+        for ended in await asyncio.to_thread(self._check_running):
+            if self.on_ended:
+                await self.on_ended(ended)
