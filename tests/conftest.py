@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from services import azurite, s3_server  # noqa: F401  (session fixtures: real Azurite and moto servers)
+from mlflow_server import mlflow_url  # noqa: F401  (session fixtures of real services, for every test module)
+from orthanc import empty_orthanc_fixture, orthanc_fixture  # noqa: F401
+from services import azurite, s3_server  # noqa: F401
 
 from medcloud.app import create_app
 from medcloud.auth import service as auth
@@ -92,3 +94,12 @@ def local_dataset(tmp_path: Path) -> Path:
     from medcloud.demo.synthetic import write_demo_dataset
 
     return write_demo_dataset(tmp_path / "dataset").parent
+
+
+@pytest.fixture(scope="session")
+def weak_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained segmentation bundle (zip): continual learning has something to improve."""
+    from medcloud.demo.bundles import make_segmentation_bundle, pack_bundle
+
+    folder = make_segmentation_bundle(tmp_path_factory.mktemp("weak"), name="weak_seg", train=False, seed=3)
+    return pack_bundle(folder, tmp_path_factory.mktemp("weakzip"), "zip")

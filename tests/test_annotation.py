@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from dicom_data import store_ct, store_seg
 from helpers import dice, multipart_parts, nrrd_voxels, wait_for
-from orthanc import empty_orthanc_fixture, orthanc_fixture  # noqa: F401  (fixtures)
 from test_dicomweb_api import SPLEEN
 from test_jobs import job, wait_status
 
-from medcloud.demo.bundles import make_segmentation_bundle, pack_bundle
-
 SHAPE = (48, 48, 32)
-
-
-@pytest.fixture(scope="module")
-def weak_bundle(tmp_path_factory):
-    folder = make_segmentation_bundle(tmp_path_factory.mktemp("weak"), name="weak_seg", train=False, seed=3)
-    return pack_bundle(folder, tmp_path_factory.mktemp("weakzip"), "zip")
 
 
 def dataset_for(api, orthanc, patient):

@@ -6,7 +6,6 @@ import threading
 
 from dicom_data import store_ct, store_seg
 from helpers import dice, multipart_parts, nrrd_voxels, wait_for
-from orthanc import empty_orthanc_fixture, orthanc_fixture  # noqa: F401  (fixtures)
 from test_jobs import start, wait_status
 
 from medcloud.imaging.synthetic_dicom import SAGITTAL

@@ -10,8 +10,7 @@ import httpx
 import pytest
 from dicom_data import store_ct, store_seg
 from helpers import wait_for
-from orthanc import empty_orthanc_fixture, orthanc_fixture  # noqa: F401  (fixtures)
-from test_annotation import SHAPE, weak_bundle  # noqa: F401  (fixture)
+from test_annotation import SHAPE
 from test_dicomweb_api import SPLEEN
 
 from medcloud.devserver import create_key, medcloud_serve

@@ -14,8 +14,6 @@ import pytest
 from dicom_data import store_ct, store_seg
 from guides import create_key, guide_cells, guide_snippet, medcloud_serve, substitute
 from helpers import wait_for
-from mlflow_server import mlflow_url  # noqa: F401  (fixture)
-from orthanc import empty_orthanc_fixture, orthanc_fixture  # noqa: F401  (fixtures)
 from services import AZURITE_ACCOUNT
 
 ORG = "iasixjqzw1hj"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import tarfile
 
-from mlflow_server import mlflow_url  # noqa: F401  (fixture)
 from test_jobs import seg_experiment, start, wait_status
 
 
