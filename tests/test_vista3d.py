@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import zipfile
 from pathlib import Path
@@ -221,6 +222,14 @@ def test_point_only_click_keeps_the_clicked_component(predictor: Vista3dPredicto
     assert (seg == 1).sum() > 0 and ((seg == 1) & truth).sum() > 0.7 * (seg == 1).sum()
 
 
+def test_zero_shot_and_special_classes_answer_with_their_own_index(predictor: Vista3dPredictor, tmp_path: Path) -> None:
+    image, truth = write_ct(tmp_path / "ct.nii.gz", seed=14)
+    for cls in (200, 25):  # zero-shot: the point head alone; 25 (hepatic vessel): labels 0/1 sent as 2/3
+        [out] = predictor.predict(str(image), {"label_prompt": [cls], "points": [centre(truth)], "point_labels": [1]},
+                                  tmp_path / str(cls))
+        assert set(np.unique(read_raw_nrrd(out, truth.shape))) <= {0, cls, 255}
+
+
 def test_dicom_folder_gives_the_same_mask_as_its_nifti(predictor: Vista3dPredictor, tmp_path: Path) -> None:
     image, label = synthetic_ct_arrays(seed=11)
     folder = tmp_path / "series"
@@ -249,12 +258,14 @@ def test_second_click_reuses_the_image_and_its_embedding(vista_bundle: Path, tmp
     predictor.predict(str(image), {"label_prompt": [3], "points": [click], "point_labels": [1]}, tmp_path / "1")
     first_s = time.perf_counter() - started
     assert len(calls) == 1
-    started = time.perf_counter()
-    [out] = predictor.predict(str(image), {"label_prompt": [3], "points": [click, second], "point_labels": [1, 1]},
-                              tmp_path / "2")
-    second_s = time.perf_counter() - started
+    clicks = {"label_prompt": [3], "points": [click, second], "point_labels": [1, 1]}
+    second_s = []
+    for _ in range(2):  # the best of two, so a scheduling hiccup on a busy machine does not decide
+        started = time.perf_counter()
+        [out] = predictor.predict(str(image), clicks, tmp_path / "2")
+        second_s.append(time.perf_counter() - started)
     assert len(calls) == 1, "the second click must not run the image encoder again"
-    assert second_s < first_s
+    assert min(second_s) < first_s
     assert (read_raw_nrrd(out, truth.shape) == 3).sum() > 0
     # A changed file (new mtime) is a new image: re-read and re-encoded.
     time.sleep(0.01)
@@ -279,6 +290,15 @@ def test_swap_weights_replaces_the_network_and_drops_the_cache(vista_bundle: Pat
 
 
 # ---------------------------------------------------------------- MEDCLOUD_VISTA3D_BUNDLE
+
+
+def test_bundle_metadata_is_the_official_label_map(vista_bundle: Path) -> None:
+    meta = json.loads((vista_bundle / "configs" / "metadata.json").read_text())
+    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert len(channels) == 133 and channels["3"] == "spleen" and channels["42"] == "vertebrae T8"
+    config = json.loads((vista_bundle / "configs" / "inference.json").read_text())
+    assert config["network_def"]["_target_"] == "monai.networks.nets.vista3d.VISTA3D"
+    assert "scripts" not in json.dumps(config)
 
 
 def test_ensure_bundle_from_folder_zip_and_file_url(vista_bundle: Path, tmp_path: Path) -> None:

@@ -83,8 +83,9 @@ def vista3d_inference_config(network_def: Any, patch_size: tuple[int, int, int])
 
 
 def vista3d_metadata(patch_size: tuple[int, int, int], description: str) -> dict[str, Any]:
-    """The official metadata's `network_data_format` with its 132-class channel_def."""
-    version, labels = vista3d_labels()
+    """The official metadata's `network_data_format` with its 132-class channel_def (names as spelled there)."""
+    version, lowercase = vista3d_labels()
+    labels = {k: n[:10] + n[10:].upper() if n.startswith("vertebrae ") else n for k, n in lowercase.items()}
     shape = list(patch_size)
     return {
         "version": version, "name": "VISTA3D", "task": "CT segmentation with class and point prompts",
