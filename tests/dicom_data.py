@@ -34,7 +34,9 @@ def store_ct(orthanc, *, seed: int, shape=(64, 64, 64), orientation=AXIAL, spaci
 
 
 def store_seg(orthanc, series: StoredSeries, labels: dict[str, str], label_volume: np.ndarray | None = None) -> str:
-    """Store a SEG of the series (its true sphere as label 1 unless given); returns the SEG's series uid."""
-    seg = labels_to_seg(series.label if label_volume is None else label_volume, series.datasets, labels)
+    """Store a SEG of the series (its true sphere under the first label's index unless given); returns its uid."""
+    if label_volume is None:
+        label_volume = (series.label > 0).astype(np.uint8) * int(next(iter(labels)))
+    seg = labels_to_seg(label_volume, series.datasets, labels)
     orthanc.stow([seg])
     return str(seg.SeriesInstanceUID)

@@ -38,15 +38,15 @@ def notify(api, dataset_id, series, seg_uid):
     assert resp.status_code == 201, resp.text
 
 
-def annotate_round(api, orthanc, exp, cl_job, dataset_id, series):
+def annotate_round(api, orthanc, exp, cl_job, dataset_id, series, labels=SPLEEN):
     before = {j["id"] for j in api.get(f"experiments/{exp['id']}/jobs").json()["jobs"]}
     notified = time.monotonic()
-    notify(api, dataset_id, series, store_seg(orthanc, series, SPLEEN))
+    notify(api, dataset_id, series, store_seg(orthanc, series, labels))
     train = wait_for(lambda: [j for j in api.get(f"experiments/{exp['id']}/jobs").json()["jobs"]
                               if j["id"] not in before], timeout=30, what="a train job")[0]
     assert train["parent_id"] == cl_job and train["name"] == "Train Job for CL"
     assert time.monotonic() - notified < 5  # reacts to the notification, no 15 s polling
-    return wait_status(api, exp, train["id"], {"Done", "Error"}, timeout=300)
+    return wait_status(api, exp, train["id"], {"Done", "Error"}, timeout=600)
 
 
 def test_two_rounds_improve_the_model_and_the_host_serves_it(api, empty_orthanc, weak_bundle):

@@ -21,6 +21,7 @@ from monai.losses import DiceLoss
 from medcloud.demo.synthetic import _save_nifti, synthetic_ct_arrays
 from medcloud.experiments.catalogue import vista3d_labels
 from medcloud.inference.vista3d_transforms import PreprocessSettings, preprocessing
+from medcloud.learning.vista3d_patches import sample_clicks, training_batch
 
 __all__ = ["SMALL_NETWORK_DEF", "SPLEEN", "make_vista3d_bundle", "vista3d_inference_config"]
 
@@ -170,14 +171,14 @@ def train_small_vista3d(network: torch.nn.Module, *, seed: int = 0, steps: int =
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=5e-3, total_steps=steps, pct_start=0.15)
     network.train()
     for _ in range(steps):
-        x, y = _training_batch(volumes, patch, rs)
+        x, y = training_batch(volumes, patch, rs)
         out, out_auto = network.image_encoder(x, with_point=True, with_label=True)
         other = int(rs.choice([c for c in range(1, 133) if c != SPLEEN]))
         logits, _ = network.class_head(out_auto, torch.tensor([[SPLEEN], [other]]))
         target = torch.stack([y[:, 0], torch.zeros_like(y[:, 0])])
         loss = dice(logits, target) + bce(logits, target)
         if y[0].any():  # two click sets on the same patch: two objects for the point head, one encoder pass
-            points, labels = _sample_clicks(y[0, 0], rs)
+            points, labels = sample_clicks(y[0, 0], rs)
             point_logits = network.point_head(out[:1], points, labels, class_vector=torch.tensor([[SPLEEN]] * 2))
             loss = loss + dice(point_logits, y[:1].expand(2, -1, -1, -1, -1)) + bce(point_logits, y[:1].expand(2, -1, -1, -1, -1))
         optimizer.zero_grad()
@@ -185,45 +186,3 @@ def train_small_vista3d(network: torch.nn.Module, *, seed: int = 0, steps: int =
         optimizer.step()
         scheduler.step()
     network.eval()
-
-
-def _training_batch(volumes: list[tuple[torch.Tensor, torch.Tensor]], size: int,
-                    rs: np.random.RandomState) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two patches [2, 1, size³]: one around a sphere (for the clicks), one anywhere (mostly background)."""
-    first = _random_patch(*volumes[rs.randint(len(volumes))], size, rs, around_foreground=True)
-    second = _random_patch(*volumes[rs.randint(len(volumes))], size, rs, around_foreground=False)
-    return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
-
-
-def _random_patch(image: torch.Tensor, label: torch.Tensor, size: int, rs: np.random.RandomState,
-                  around_foreground: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A [1, 1, size³] patch, around a foreground voxel or anywhere; padded where the volume is small."""
-    pad = [(0, max(0, size - s)) for s in image.shape[1:]]
-    flat = [p for pair in reversed(pad) for p in pair]
-    image = torch.nn.functional.pad(image, flat, value=0.0)
-    label = torch.nn.functional.pad(label, flat, value=0.0)
-    shape = np.array(image.shape[1:])
-    foreground = torch.nonzero(label[0])
-    if len(foreground) and around_foreground:
-        centre = foreground[rs.randint(len(foreground))].numpy() + rs.randint(-size // 4, size // 4 + 1, 3)
-        start = np.clip(centre - size // 2, 0, shape - size)
-    else:
-        start = np.array([rs.randint(0, s - size + 1) for s in shape])
-    window = tuple(slice(int(a), int(a) + size) for a in start)
-    return image[(slice(None), *window)][None], label[(slice(None), *window)][None]
-
-
-def _sample_clicks(mask: torch.Tensor, rs: np.random.RandomState, sets: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """`sets` click sets [sets, 3, 3]: one to three positive clicks inside `mask`, sometimes a negative one outside.
-
-    Unused places are padding (label -1), as VISTA-3D's own point sampler pads.
-    """
-    inside, outside = torch.nonzero(mask > 0), torch.nonzero(mask <= 0)
-    coords, labels = torch.zeros(sets, 3, 3), -torch.ones(sets, 3, dtype=torch.long)
-    for s in range(sets):
-        n = 1 + rs.randint(2)
-        for i in range(n):
-            coords[s, i], labels[s, i] = inside[rs.randint(len(inside))].float(), 1
-        if len(outside) and rs.rand() < 0.5:
-            coords[s, n], labels[s, n] = outside[rs.randint(len(outside))].float(), 0
-    return coords, labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def prepare_model(
 ) -> tuple[str, dict[str, str]]:
     """Put the experiment's bundle in `exp_dir/bundle` (blocking); return its folder and labels."""
     if body.network_arch == NetworkArch.VISTA3D:
-        return prepare_vista3d(ctx, body=body)
+        return prepare_vista3d(ctx, body=body, exp_dir=exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     bundle_dir = exp_dir / "bundle"
     if body.bundle_url:
@@ -41,19 +42,29 @@ def prepare_model(
     return str(bundle_dir), labels
 
 
-def prepare_vista3d(ctx: Context, *, body: ExperimentCreate) -> tuple[str, dict[str, str]]:
+def prepare_vista3d(ctx: Context, *, body: ExperimentCreate, exp_dir: Path) -> tuple[str, dict[str, str]]:
+    """The experiment's own copy of the configured VISTA-3D bundle (weights hard-linked until trained)."""
     _version, base_labels = catalogue.vista3d_labels()
     labels = body.model_params.labels or dict(base_labels)
-    if not body.realtime_infer:
-        return "", labels
     if not ctx.settings.vista3d_bundle:
+        if not body.realtime_infer:
+            return "", labels
         raise Invalid(
             "VISTA-3D weights are not configured on this server: set MEDCLOUD_VISTA3D_BUNDLE to the URL or "
             "path of a VISTA-3D bundle in the official layout (zip or folder) and restart medcloud."
         )
     from medcloud.inference.vista3d_bundle import ensure_vista3d_bundle
 
-    return str(ensure_vista3d_bundle(ctx.settings)), labels
+    shared = ensure_vista3d_bundle(ctx.settings)
+    own = exp_dir / "bundle"
+    # Continual learning replaces models/model.pt of this experiment only: link, never share the file.
+    shutil.copytree(shared, own, ignore=shutil.ignore_patterns("model.pt"), dirs_exist_ok=True)
+    (own / "models").mkdir(exist_ok=True)
+    try:
+        os.link(shared / "models" / "model.pt", own / "models" / "model.pt")
+    except OSError:
+        shutil.copyfile(shared / "models" / "model.pt", own / "models" / "model.pt")
+    return str(own), labels
 
 
 def host_spec(row: Experiment) -> HostSpec:

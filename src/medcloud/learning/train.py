@@ -40,7 +40,7 @@ def _expr(path: Path) -> str:
     return "$" + repr(str(path))
 
 
-def _datasets(ctx: Context, experiment: Experiment) -> tuple[list[dict], list[dict]]:
+def experiment_items(ctx: Context, experiment: Experiment) -> tuple[list[dict], list[dict]]:
     labels = (experiment.model_params or {}).get("labels") or {}
     with ctx.db.session() as session:
         train = session.get(Dataset, experiment.train_datasets[0])
@@ -86,7 +86,7 @@ def _attach_progress(trainer: Any, evaluator: Any, reporter: ProgressReporter) -
 
 def run_bundle_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
     specs, bundle, results = dict(job.specs), Path(experiment.bundle_dir), job_dir / "results"
-    train_items, val_items = _datasets(ctx, experiment)
+    train_items, val_items = experiment_items(ctx, experiment)
     overrides = bundle_overrides(specs, bundle=bundle, results=results, job_id=job.id,
                                  train_items=train_items, val_items=val_items)
     workflow = _workflow(specs, bundle, overrides)
