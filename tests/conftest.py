@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Api:
 USERS = {"alice": "acme", "bob": "acme", "eve": "other"}
 
 
+@contextlib.contextmanager
 def make_api(data_dir: Path, **settings: object) -> Iterator[Api]:
     ctx = Context.build(Settings(data_dir=data_dir, demo=False, **settings))
     with TestClient(create_app(context=ctx)) as client:
@@ -69,7 +71,8 @@ def make_api(data_dir: Path, **settings: object) -> Iterator[Api]:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    yield from make_api(tmp_path / "data")
+    with make_api(tmp_path / "data") as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -229,6 +229,6 @@ def test_unknown_dataset_action_is_400(api, local_dataset):
 def test_local_dataset_paths_can_be_forbidden(tmp_path, local_dataset):
     from conftest import make_api
 
-    for api in make_api(tmp_path / "locked", dataset_allow_local_paths=False):
+    with make_api(tmp_path / "locked", dataset_allow_local_paths=False) as api:
         resp = api.post("datasets", json={"name": "x", "client_url": str(local_dataset)})
         assert resp.status_code == 400 and "not allowed" in resp.json()["error_desc"]

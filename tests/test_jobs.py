@@ -125,7 +125,7 @@ def test_restart_turns_orphaned_running_jobs_into_errors(tmp_path, local_dataset
     from medcloud.jobs.orm import Job
 
     data_dir = tmp_path / "restart"
-    for api in make_api(data_dir):
+    with make_api(data_dir) as api:
         exp = seg_experiment(api, local_dataset, demo_zips)
         job_id = start(api, exp, {"epochs": 500})
         wait_status(api, exp, job_id, {"Running"})
@@ -134,7 +134,7 @@ def test_restart_turns_orphaned_running_jobs_into_errors(tmp_path, local_dataset
         api.ctx.runner._procs.clear()
         with api.ctx.db.session() as session:  # as if the server died before noticing
             assert session.get(Job, job_id).status == "Running"
-    for api in make_api(data_dir):
+    with make_api(data_dir) as api:
         failed = job(api, exp, job_id)
         assert failed["status"] == "Error"
         assert "process is gone" in failed["result"]["detailed_status"]["message"]

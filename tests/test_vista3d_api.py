@@ -29,7 +29,8 @@ def weak_vista_bundle(tmp_path_factory):
 def vista_api(tmp_path, vista_bundle):
     from conftest import make_api
 
-    yield from make_api(tmp_path / "vista", vista3d_bundle=str(vista_bundle))
+    with make_api(tmp_path / "vista", vista3d_bundle=str(vista_bundle)) as running:
+        yield running
 
 
 def base_id(api):
@@ -89,7 +90,7 @@ def test_class_and_point_prompts_on_a_dicom_series(vista_api, empty_orthanc):
 def test_continual_learning_improves_a_weak_vista3d(tmp_path, empty_orthanc, weak_vista_bundle):
     from conftest import make_api
 
-    for api in make_api(tmp_path / "weak", vista3d_bundle=str(weak_vista_bundle)):
+    with make_api(tmp_path / "weak", vista3d_bundle=str(weak_vista_bundle)) as api:
         train = [store_ct(empty_orthanc, seed=410 + i, shape=(64, 64, 64), patient_id="TRAIN") for i in range(2)]
         evaluation = store_ct(empty_orthanc, seed=420, shape=(64, 64, 64), patient_id="EVAL")
         held = store_ct(empty_orthanc, seed=430, shape=(64, 64, 64), patient_id="HELD")

@@ -140,7 +140,7 @@ def test_site_wide_azure_endpoint_serves_workspaces_that_name_none(tmp_path, azu
 
     BlobServiceClient.from_connection_string(azurite.connection_string).create_container("sitewide")
     endpoint = azurite.endpoint.replace(AZURITE_ACCOUNT, "{account}")
-    for api in make_api(tmp_path / "site", azure_blob_endpoint=endpoint):
+    with make_api(tmp_path / "site", azure_blob_endpoint=endpoint) as api:
         resp = api.post(
             "workspaces",
             json={
