@@ -6,9 +6,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import JSON, DateTime, Engine, String, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from medcloud.errors import NotFound
 
 
 def utcnow() -> datetime:
@@ -40,6 +43,17 @@ class Owned(Timestamped):
     user_id: Mapped[str] = mapped_column(String(36), index=True)
     name: Mapped[str] = mapped_column(String(256), default="")
     description: Mapped[str] = mapped_column(String(4096), default="")
+
+
+OwnedRow = TypeVar("OwnedRow", bound=Owned)
+
+
+def get_owned(session: Session, model: type[OwnedRow], row_id: str, *, org: str, user_id: str, kind: str) -> OwnedRow:
+    """The caller's row, or NotFound: another org's or user's row is as unknown as a missing one."""
+    row = session.get(model, row_id)
+    if row is None or row.org != org or row.user_id != user_id:
+        raise NotFound(f"{kind} {row_id} not found.")
+    return row
 
 
 def make_engine(url: str) -> Engine:

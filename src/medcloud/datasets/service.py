@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from medcloud.datasets.orm import Dataset, ServedImage
 from medcloud.datasets.schemas import DatasetCreate, DatasetOut, DatasetPatch
-from medcloud.db import Database
-from medcloud.errors import Conflict, NotFound
+from medcloud.db import Database, get_owned
+from medcloud.errors import Conflict
 from medcloud.secrets import SecretBox
 from medcloud.sources.base import DataSource
 
@@ -85,10 +85,7 @@ def create(session: Session, *, org: str, user_id: str, body: DatasetCreate, kin
 
 
 def get_row(session: Session, *, org: str, user_id: str, dataset_id: str) -> Dataset:
-    row = session.get(Dataset, dataset_id)
-    if row is None or row.org != org or row.user_id != user_id:
-        raise NotFound(f"Dataset {dataset_id} not found.")
-    return row
+    return get_owned(session, Dataset, dataset_id, org=org, user_id=user_id, kind="Dataset")
 
 
 def list_all(session: Session, *, org: str, user_id: str) -> list[DatasetOut]:

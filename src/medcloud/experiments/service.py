@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from medcloud.datasets.orm import Dataset
-from medcloud.errors import Conflict, Invalid, NotFound
+from medcloud.db import get_owned
+from medcloud.errors import Conflict, Invalid
 from medcloud.experiments import catalogue
 from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import (
@@ -104,10 +105,7 @@ def check_references(session: Session, *, org: str, user_id: str, body: Experime
 
 
 def get_row(session: Session, *, org: str, user_id: str, experiment_id: str) -> Experiment:
-    row = session.get(Experiment, experiment_id)
-    if row is None or row.org != org or row.user_id != user_id:
-        raise NotFound(f"Experiment {experiment_id} not found.")
-    return row
+    return get_owned(session, Experiment, experiment_id, org=org, user_id=user_id, kind="Experiment")
 
 
 def list_rows(session: Session, *, org: str, user_id: str) -> list[Experiment]:

@@ -6,7 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from medcloud.config import Settings
-from medcloud.errors import Conflict, NotFound
+from medcloud.db import get_owned
+from medcloud.errors import Conflict
 from medcloud.secrets import SecretBox
 from medcloud.workspaces import storage
 from medcloud.workspaces.orm import Workspace
@@ -61,10 +62,7 @@ def create(session: Session, *, org: str, user_id: str, body: WorkspaceCreate, b
 
 
 def get_row(session: Session, *, org: str, user_id: str, workspace_id: str) -> Workspace:
-    row = session.get(Workspace, workspace_id)
-    if row is None or row.org != org or row.user_id != user_id:
-        raise NotFound(f"Workspace {workspace_id} not found.")
-    return row
+    return get_owned(session, Workspace, workspace_id, org=org, user_id=user_id, kind="Workspace")
 
 
 def list_all(session: Session, *, org: str, user_id: str) -> list[WorkspaceOut]:
