@@ -21,8 +21,9 @@ from medcloud.demo.synthetic import write_synthetic_ct
 from medcloud.inference.hosts import HostManager, HostSpec
 
 
-async def stream(hosts: HostManager, spec: HostSpec, image: Path, count: int, swap_every: int | None,
-                 weights: list[Path]) -> tuple[list[float], int]:
+async def stream(
+    hosts: HostManager, spec: HostSpec, image: Path, count: int, swap_every: int | None, weights: list[Path]
+) -> tuple[list[float], int]:
     times, swaps = [], 0
     for index in range(count):
         started = time.perf_counter()

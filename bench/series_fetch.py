@@ -33,9 +33,15 @@ def main() -> None:
         with orthanc_server(work / "orthanc") as orthanc, medcloud_serve(work / "server") as server:
             uids = [store_ct(orthanc, seed=200 + i, shape=(256, 256, args.slices)).uid for i in range(args.series)]
             client = Client.login(server)
-            dataset_id = client.http.post("/datasets", json={
-                "name": "pacs", "client_url": orthanc.url, "client_id": orthanc.user,
-                "client_secret": orthanc.password}).json()["id"]
+            dataset_id = client.http.post(
+                "/datasets",
+                json={
+                    "name": "pacs",
+                    "client_url": orthanc.url,
+                    "client_id": orthanc.user,
+                    "client_secret": orthanc.password,
+                },
+            ).json()["id"]
             experiment_id, _ = client.realtime_experiment(dataset_id, bundle, inference_dataset=dataset_id)
             for uid in uids:
                 started = time.perf_counter()
@@ -43,7 +49,9 @@ def main() -> None:
                 client.infer(experiment_id, uid)
                 cold.append(time.perf_counter() - started)
                 warm += [client.infer(experiment_id, uid) for _ in range(3)]
-    print(f"cacheimage + first inference : median {statistics.median(cold):.2f} s  ({', '.join(f'{t:.2f}' for t in cold)})")
+    print(
+        f"cacheimage + first inference : median {statistics.median(cold):.2f} s  ({', '.join(f'{t:.2f}' for t in cold)})"
+    )
     print(f"inference on a cached series : median {statistics.median(warm):.2f} s")
     print(f"RATIO series fetch (first / cached, medians): {statistics.median(cold) / statistics.median(warm):.2f}")
 

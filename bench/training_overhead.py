@@ -24,23 +24,55 @@ from medcloud.devserver import medcloud_serve
 
 def direct_run(bundle: Path, root: Path, epochs: int, out: Path) -> float:
     manifest = json.loads((root / "manifest.json").read_text())
-    items = [{"image": str(root / e["image"]["path"][0]), "label": str(root / e["label"]["path"][0])}
-             for e in manifest["data"] if "label" in e]
+    items = [
+        {"image": str(root / e["image"]["path"][0]), "label": str(root / e["label"]["path"][0])}
+        for e in manifest["data"]
+        if "label" in e
+    ]
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs/train.json"),
-                    "--meta_file", str(bundle / "configs/metadata.json"), "--bundle_root", str(bundle),
-                    "--logging_file", str(bundle / "configs/logging.conf"), "--epochs", str(epochs),
-                    "--ckpt_dir", f"$'{out}/models'", "--output_dir", f"$'{out}/eval'",
-                    "--train#dataset#data", json.dumps(items), "--validate#dataset#data", json.dumps(items)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(bundle / "configs/train.json"),
+            "--meta_file",
+            str(bundle / "configs/metadata.json"),
+            "--bundle_root",
+            str(bundle),
+            "--logging_file",
+            str(bundle / "configs/logging.conf"),
+            "--epochs",
+            str(epochs),
+            "--ckpt_dir",
+            f"$'{out}/models'",
+            "--output_dir",
+            f"$'{out}/eval'",
+            "--train#dataset#data",
+            json.dumps(items),
+            "--validate#dataset#data",
+            json.dumps(items),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - started
 
 
 def job_run(client: Client, bundle: Path, root: Path, epochs: int) -> float:
     dataset_id = client.dataset(root)
-    exp = client.http.post("/experiments", json={
-        "name": "t", "network_arch": "monai_segmentation", "train_datasets": [dataset_id],
-        "eval_dataset": dataset_id, "bundle_url": str(bundle)}).json()["id"]
+    exp = client.http.post(
+        "/experiments",
+        json={
+            "name": "t",
+            "network_arch": "monai_segmentation",
+            "train_datasets": [dataset_id],
+            "eval_dataset": dataset_id,
+            "bundle_url": str(bundle),
+        },
+    ).json()["id"]
     started = time.perf_counter()
     job = client.http.post(f"/experiments/{exp}/jobs", json={"action": "train", "specs": {"epochs": epochs}}).json()
     done = wait_job(client, exp, job, {"Done", "Error"})

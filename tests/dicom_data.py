@@ -20,17 +20,31 @@ class StoredSeries:
     datasets: list
 
 
-def store_ct(orthanc, *, seed: int, shape=(64, 64, 64), orientation=AXIAL, spacing=(1.5, 1.5, 2.0),
-             shuffle: bool = True, patient_id: str | None = None) -> StoredSeries:
+def store_ct(
+    orthanc,
+    *,
+    seed: int,
+    shape=(64, 64, 64),
+    orientation=AXIAL,
+    spacing=(1.5, 1.5, 2.0),
+    shuffle: bool = True,
+    patient_id: str | None = None,
+) -> StoredSeries:
     """A noisy sphere CT (HU, intercept -1024) stored in Orthanc; returns its truth."""
     rad_max = min(16, (min(shape) - 1) // 2)
     hu, label = synthetic_ct_arrays(seed=seed, shape=shape, rad_max=rad_max, rad_min=max(1, rad_max // 2))
     hu = np.rint(hu).astype(np.float32)
-    datasets = write_ct_series(hu, orientation=orientation, spacing=spacing, shuffle=shuffle, seed=seed,
-                               patient_id=patient_id or f"P{seed}")
+    datasets = write_ct_series(
+        hu, orientation=orientation, spacing=spacing, shuffle=shuffle, seed=seed, patient_id=patient_id or f"P{seed}"
+    )
     orthanc.stow(datasets)
-    return StoredSeries(uid=str(datasets[0].SeriesInstanceUID), study_uid=str(datasets[0].StudyInstanceUID),
-                        hu=hu, label=label, datasets=datasets)
+    return StoredSeries(
+        uid=str(datasets[0].SeriesInstanceUID),
+        study_uid=str(datasets[0].StudyInstanceUID),
+        hu=hu,
+        label=label,
+        datasets=datasets,
+    )
 
 
 def store_seg(orthanc, series: StoredSeries, labels: dict[str, str], label_volume: np.ndarray | None = None) -> str:

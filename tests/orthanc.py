@@ -47,12 +47,16 @@ class OrthancInfo:
         items = list(datasets)
         parts = [item if isinstance(item, bytes) else series_bytes([item])[0] for item in items]
         boundary = "medcloud-test-boundary"
-        body = b"".join(
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-            for part in parts
-        ) + f"--{boundary}--\r\n".encode()
-        headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                   "Accept": "application/dicom+json"}
+        body = (
+            b"".join(
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n" for part in parts
+            )
+            + f"--{boundary}--\r\n".encode()
+        )
+        headers = {
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        }
         with self.session() as session:
             response = session.post(f"{self.url}/studies", data=body, headers=headers, timeout=60)
         response.raise_for_status()
@@ -117,8 +121,9 @@ def orthanc_server(tmp_dir: Path, *, timeout_s: float = 30.0) -> Iterator[Orthan
     config = root / "orthanc.json"
     config.write_text(json.dumps(orthanc_config(root, port), indent=2))
     log = open(root / "orthanc.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([ORTHANC_BIN, str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=root, start_new_session=True)
+    proc = subprocess.Popen(
+        [ORTHANC_BIN, str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True
+    )
     info = OrthancInfo(rest_url=f"http://127.0.0.1:{port}", url=f"http://127.0.0.1:{port}/dicom-web")
     try:
         wait_until(lambda: _ready(proc, info), timeout_s=timeout_s, what="Orthanc")

@@ -18,23 +18,38 @@ SHAPE = (48, 48, 32)
 
 
 def dataset_for(api, orthanc, patient):
-    resp = api.post("datasets", json={"name": patient, "type": "semantic_segmentation", "client_url": orthanc.url,
-                                      "client_id": orthanc.user, "client_secret": orthanc.password,
-                                      "filters": f"Modality=CT&PatientID={patient}"})
+    resp = api.post(
+        "datasets",
+        json={
+            "name": patient,
+            "type": "semantic_segmentation",
+            "client_url": orthanc.url,
+            "client_id": orthanc.user,
+            "client_secret": orthanc.password,
+            "filters": f"Modality=CT&PatientID={patient}",
+        },
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["id"]
 
 
 def held_out_dice(api, exp, dataset_id, series):
-    resp = api.post(f"experiments/{exp['id']}/jobs",
-                    json={"action": "inference", "specs": {"image": series.uid, "dataset_id": dataset_id}})
+    resp = api.post(
+        f"experiments/{exp['id']}/jobs",
+        json={"action": "inference", "specs": {"image": series.uid, "dataset_id": dataset_id}},
+    )
     assert resp.status_code == 201, resp.text
     return dice(nrrd_voxels(next(iter(multipart_parts(resp).values())), series.label.shape), series.label)
 
 
 def notify(api, dataset_id, series, seg_uid):
-    resp = api.post(f"datasets/{dataset_id}/jobs", json={"action": "notify", "specs": {
-        "added": {"image": series.uid, "label": seg_uid}, "updated": [], "removed": []}})
+    resp = api.post(
+        f"datasets/{dataset_id}/jobs",
+        json={
+            "action": "notify",
+            "specs": {"added": {"image": series.uid, "label": seg_uid}, "updated": [], "removed": []},
+        },
+    )
     assert resp.status_code == 201, resp.text
 
 
@@ -42,8 +57,11 @@ def annotate_round(api, orthanc, exp, cl_job, dataset_id, series, labels=SPLEEN)
     before = {j["id"] for j in api.get(f"experiments/{exp['id']}/jobs").json()["jobs"]}
     notified = time.monotonic()
     notify(api, dataset_id, series, store_seg(orthanc, series, labels))
-    train = wait_for(lambda: [j for j in api.get(f"experiments/{exp['id']}/jobs").json()["jobs"]
-                              if j["id"] not in before], timeout=30, what="a train job")[0]
+    train = wait_for(
+        lambda: [j for j in api.get(f"experiments/{exp['id']}/jobs").json()["jobs"] if j["id"] not in before],
+        timeout=30,
+        what="a train job",
+    )[0]
     assert train["parent_id"] == cl_job and train["name"] == "Train Job for CL"
     assert time.monotonic() - notified < 5  # reacts to the notification, no 15 s polling
     return wait_status(api, exp, train["id"], {"Done", "Error"}, timeout=600)
@@ -55,13 +73,30 @@ def test_two_rounds_improve_the_model_and_the_host_serves_it(api, empty_orthanc,
     held = store_ct(empty_orthanc, seed=60, shape=SHAPE, patient_id="HELD")
     store_seg(empty_orthanc, eval_series, SPLEEN)
     train_ds, eval_ds, held_ds = (dataset_for(api, empty_orthanc, p) for p in ("TRAIN", "EVAL", "HELD"))
-    exp = api.post("experiments", json={
-        "name": "cl", "network_arch": "monai_segmentation", "train_datasets": [train_ds], "eval_dataset": eval_ds,
-        "realtime_infer": True, "bundle_url": str(weak_bundle), "model_params": {"labels": SPLEEN}}).json()
+    exp = api.post(
+        "experiments",
+        json={
+            "name": "cl",
+            "network_arch": "monai_segmentation",
+            "train_datasets": [train_ds],
+            "eval_dataset": eval_ds,
+            "realtime_infer": True,
+            "bundle_url": str(weak_bundle),
+            "model_params": {"labels": SPLEEN},
+        },
+    ).json()
     dice_before = held_out_dice(api, exp, held_ds, held)
-    resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "annotation", "specs": {
-        "round_size": 1, "stop_criteria": {"max_rounds": 2},
-        "train_spec": {"epochs": 12, "val_interval": 1, "learning_rate": 0.01}}})
+    resp = api.post(
+        f"experiments/{exp['id']}/jobs",
+        json={
+            "action": "annotation",
+            "specs": {
+                "round_size": 1,
+                "stop_criteria": {"max_rounds": 2},
+                "train_spec": {"epochs": 12, "val_interval": 1, "learning_rate": 0.01},
+            },
+        },
+    )
     assert resp.status_code == 201, resp.text
     cl_job = resp.json()
     assert wait_status(api, exp, cl_job, {"Running"}, timeout=10)["status"] == "Running"
@@ -81,13 +116,22 @@ def test_two_rounds_improve_the_model_and_the_host_serves_it(api, empty_orthanc,
     assert logs.status_code == 200 and "Round 2 finished" in logs.text
 
     # A second run stops as soon as the metric target is met.
-    resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "annotation", "specs": {
-        "round_size": 1, "stop_criteria": {"max_rounds": 5, "key_metric": 0.05},
-        "train_spec": {"epochs": 2, "val_interval": 1}}})
+    resp = api.post(
+        f"experiments/{exp['id']}/jobs",
+        json={
+            "action": "annotation",
+            "specs": {
+                "round_size": 1,
+                "stop_criteria": {"max_rounds": 5, "key_metric": 0.05},
+                "train_spec": {"epochs": 2, "val_interval": 1},
+            },
+        },
+    )
     second_run = resp.json()
     wait_status(api, exp, second_run, {"Running"}, timeout=10)
-    third = annotate_round(api, empty_orthanc, exp, second_run, train_ds,
-                           store_ct(empty_orthanc, seed=70, shape=SHAPE, patient_id="TRAIN"))
+    third = annotate_round(
+        api, empty_orthanc, exp, second_run, train_ds, store_ct(empty_orthanc, seed=70, shape=SHAPE, patient_id="TRAIN")
+    )
     assert third["status"] == "Done"
     ended = wait_status(api, exp, second_run, {"Done", "Error"}, timeout=30)
     assert ended["status"] == "Done" and "key_metric" in ended["result"]["detailed_status"]["message"]
@@ -96,11 +140,19 @@ def test_two_rounds_improve_the_model_and_the_host_serves_it(api, empty_orthanc,
 
 def test_unknown_stop_criteria_end_the_job_in_error(api, empty_orthanc, weak_bundle):
     train_ds = dataset_for(api, empty_orthanc, "TRAIN")
-    exp = api.post("experiments", json={"name": "cl", "network_arch": "monai_segmentation",
-                                        "train_datasets": [train_ds], "eval_dataset": train_ds,
-                                        "bundle_url": str(weak_bundle)}).json()
-    cl_job = api.post(f"experiments/{exp['id']}/jobs", json={"action": "annotation", "specs": {
-        "stop_criteria": {"max_epochs": 3}}}).json()
+    exp = api.post(
+        "experiments",
+        json={
+            "name": "cl",
+            "network_arch": "monai_segmentation",
+            "train_datasets": [train_ds],
+            "eval_dataset": train_ds,
+            "bundle_url": str(weak_bundle),
+        },
+    ).json()
+    cl_job = api.post(
+        f"experiments/{exp['id']}/jobs", json={"action": "annotation", "specs": {"stop_criteria": {"max_epochs": 3}}}
+    ).json()
     failed = wait_status(api, exp, cl_job, {"Error"}, timeout=10)
     assert "Unknown stop_criteria key(s): max_epochs" in failed["result"]["detailed_status"]["message"]
 
@@ -108,15 +160,31 @@ def test_unknown_stop_criteria_end_the_job_in_error(api, empty_orthanc, weak_bun
 def test_cancel_stops_the_controller_and_its_train_job(api, empty_orthanc, weak_bundle):
     series = store_ct(empty_orthanc, seed=80, shape=SHAPE, patient_id="TRAIN")
     train_ds = dataset_for(api, empty_orthanc, "TRAIN")
-    exp = api.post("experiments", json={"name": "cl", "network_arch": "monai_segmentation",
-                                        "train_datasets": [train_ds], "eval_dataset": train_ds,
-                                        "model_params": {"labels": SPLEEN}, "bundle_url": str(weak_bundle)}).json()
-    cl_job = api.post(f"experiments/{exp['id']}/jobs", json={"action": "annotation", "specs": {
-        "round_size": 1, "train_spec": {"epochs": 500}}}).json()
+    exp = api.post(
+        "experiments",
+        json={
+            "name": "cl",
+            "network_arch": "monai_segmentation",
+            "train_datasets": [train_ds],
+            "eval_dataset": train_ds,
+            "model_params": {"labels": SPLEEN},
+            "bundle_url": str(weak_bundle),
+        },
+    ).json()
+    cl_job = api.post(
+        f"experiments/{exp['id']}/jobs",
+        json={"action": "annotation", "specs": {"round_size": 1, "train_spec": {"epochs": 500}}},
+    ).json()
     wait_status(api, exp, cl_job, {"Running"}, timeout=10)
     notify(api, train_ds, series, store_seg(empty_orthanc, series, SPLEEN))
-    train = wait_for(lambda: [j for j in api.get(f"experiments/{exp['id']}/jobs").json()["jobs"]
-                              if j["action"] == "train" and j["status"] == "Running"], timeout=60)[0]
+    train = wait_for(
+        lambda: [
+            j
+            for j in api.get(f"experiments/{exp['id']}/jobs").json()["jobs"]
+            if j["action"] == "train" and j["status"] == "Running"
+        ],
+        timeout=60,
+    )[0]
     resp = api.post(f"experiments/{exp['id']}/jobs/{cl_job}:cancel")
     assert resp.status_code == 200 and resp.json()["message"] == f"Running job {cl_job} cancelled"
     assert wait_status(api, exp, train["id"], {"Canceled"}, timeout=30)["status"] == "Canceled"

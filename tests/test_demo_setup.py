@@ -31,10 +31,21 @@ def test_demo_prepares_everything_guide_000_needs_and_is_idempotent(tmp_path):
         bundle_url = zip_line.split('"')[1]
         image_line = out.getvalue().splitlines()[out.getvalue().splitlines().index(zip_line) + 1]
         image_id = image_line.split('"')[1]
-        exp = client.post("/api/v1/orgs/iasixjqzw1hj/experiments", headers=headers, json={
-            "name": "demo", "network_arch": "monai_custom", "train_datasets": [datasets[0]["id"]],
-            "realtime_infer": True, "bundle_url": bundle_url}).json()
-        resp = client.post(f"/api/v1/orgs/iasixjqzw1hj/experiments/{exp['id']}/jobs", headers=headers,
-                           json={"action": "inference", "specs": {"image": image_id}})
+        exp = client.post(
+            "/api/v1/orgs/iasixjqzw1hj/experiments",
+            headers=headers,
+            json={
+                "name": "demo",
+                "network_arch": "monai_custom",
+                "train_datasets": [datasets[0]["id"]],
+                "realtime_infer": True,
+                "bundle_url": bundle_url,
+            },
+        ).json()
+        resp = client.post(
+            f"/api/v1/orgs/iasixjqzw1hj/experiments/{exp['id']}/jobs",
+            headers=headers,
+            json={"action": "inference", "specs": {"image": image_id}},
+        )
         assert resp.status_code == 201, resp.text
         assert b'name="ct_000_seg.nrrd"' in resp.content

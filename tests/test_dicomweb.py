@@ -47,8 +47,16 @@ def stored(empty_orthanc: OrthancInfo) -> Stored:
     hu, labels = ct_and_labels(seed=11, shape=(20, 16, 10))
     hu2 = (np.rint(hu / 2) * 2).astype(np.float32)
     axial = write_ct_series(hu, orientation=AXIAL, spacing=(0.8, 0.8, 2.5), patient_id="P1")
-    oblique = write_ct_series(hu2, orientation=OBLIQUE, spacing=(0.7, 0.9, -2.0), origin=(12.5, -40, 7),
-                              shuffle=True, rescale_slope=2, patient_id="P2", study_uid=axial[0].StudyInstanceUID)
+    oblique = write_ct_series(
+        hu2,
+        orientation=OBLIQUE,
+        spacing=(0.7, 0.9, -2.0),
+        origin=(12.5, -40, 7),
+        shuffle=True,
+        rescale_slope=2,
+        patient_id="P2",
+        study_uid=axial[0].StudyInstanceUID,
+    )
     mr = write_ct_series(hu, orientation=SAGITTAL, modality="MR", patient_id="P3")
     no_time = write_ct_series(hu, study_time=None, patient_id="P4")
     raw = []
@@ -70,11 +78,13 @@ def test_open_checks_credentials_url_and_filters(orthanc: OrthancInfo) -> None:
     with pytest.raises(Invalid, match="rejected the credentials"):
         DicomWebSource.open(orthanc.url, None, None, filters=None)
     with pytest.raises(Invalid) as in_url:  # credentials inside the URL are used, and never shown
-        DicomWebSource.open(f"http://{orthanc.user}:{secret}@127.0.0.1:{orthanc.port}/dicom-web", None, None,
-                            filters=None)
+        DicomWebSource.open(
+            f"http://{orthanc.user}:{secret}@127.0.0.1:{orthanc.port}/dicom-web", None, None, filters=None
+        )
     assert in_url.value.message == bad.value.message
-    DicomWebSource.open(f"http://{orthanc.user}:{orthanc.password}@127.0.0.1:{orthanc.port}/dicom-web",
-                        None, None, filters=None)
+    DicomWebSource.open(
+        f"http://{orthanc.user}:{orthanc.password}@127.0.0.1:{orthanc.port}/dicom-web", None, None, filters=None
+    )
     for not_dicomweb in (orthanc.rest_url, f"{orthanc.rest_url}/app", f"{orthanc.rest_url}/nothing"):
         with pytest.raises(Invalid, match="is not a DICOMweb root"):
             DicomWebSource.open(not_dicomweb, orthanc.user, orthanc.password, filters=None)
@@ -100,7 +110,10 @@ def test_invalid_filters_are_refused_before_any_request(filters: str) -> None:
 def test_filters_parse_keywords_tags_and_qido_parameters() -> None:
     assert parse_filters(None) == {"Modality": "CT"}
     assert parse_filters("?00080060=MR&includefield=StudyDescription&PatientID=P*") == {
-        "00080060": "MR", "includefield": "StudyDescription", "PatientID": "P*"}
+        "00080060": "MR",
+        "includefield": "StudyDescription",
+        "PatientID": "P*",
+    }
 
 
 def test_unlabeled_ids_follow_filters_and_stored_segs(stored: Stored) -> None:
@@ -131,9 +144,14 @@ def test_meta_and_check_image(stored: Stored) -> None:
     meta = source.meta(uid(stored.oblique))
     study = str(stored.axial[0].StudyInstanceUID)
     assert meta == {
-        "SeriesInstanceUID": uid(stored.oblique), "StudyInstanceUID": study, "StudyDate": "20240102",
-        "StudyTime": "123456", "Modality": "CT", "PatientID": "P2",
-        "RetrieveURL": f"{stored.info.url}/studies/{study}/series/{uid(stored.oblique)}"}
+        "SeriesInstanceUID": uid(stored.oblique),
+        "StudyInstanceUID": study,
+        "StudyDate": "20240102",
+        "StudyTime": "123456",
+        "Modality": "CT",
+        "PatientID": "P2",
+        "RetrieveURL": f"{stored.info.url}/studies/{study}/series/{uid(stored.oblique)}",
+    }
     assert source.meta(uid(stored.no_time))["StudyTime"] == "UNK"
     source.check_image(uid(stored.axial))
     for missing in (uid(stored.mr), "1.2.3.4", "not a uid", "1.2.3&Modality=MR"):

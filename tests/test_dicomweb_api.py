@@ -14,23 +14,47 @@ SPLEEN = {"1": "spleen"}
 
 
 def dicom_dataset(api, orthanc, **extra):
-    body = {"name": "pacs", "type": "semantic_segmentation", "format": "monai", "client_url": orthanc.url,
-            "client_id": orthanc.user, "client_secret": orthanc.password, **extra}
+    body = {
+        "name": "pacs",
+        "type": "semantic_segmentation",
+        "format": "monai",
+        "client_url": orthanc.url,
+        "client_id": orthanc.user,
+        "client_secret": orthanc.password,
+        **extra,
+    }
     resp = api.post("datasets", json=body)
     assert resp.status_code == 201, resp.text
     return resp.json()["id"]
 
 
 def test_dicomweb_dataset_errors_name_the_cause(api, empty_orthanc):
-    wrong = api.post("datasets", json={"name": "x", "client_url": empty_orthanc.url, "client_id": "orthanc",
-                                       "client_secret": "wrong-password"})
+    wrong = api.post(
+        "datasets",
+        json={"name": "x", "client_url": empty_orthanc.url, "client_id": "orthanc", "client_secret": "wrong-password"},
+    )
     assert wrong.status_code == 400 and "rejected the credentials" in wrong.json()["error_desc"]
     assert "wrong-password" not in wrong.text
-    refused = api.post("datasets", json={"name": "x", "client_url": "http://127.0.0.1:9/dicom-web",
-                                         "client_id": "orthanc", "client_secret": "orthanc"})
+    refused = api.post(
+        "datasets",
+        json={
+            "name": "x",
+            "client_url": "http://127.0.0.1:9/dicom-web",
+            "client_id": "orthanc",
+            "client_secret": "orthanc",
+        },
+    )
     assert refused.status_code == 400 and "refused" in refused.json()["error_desc"]
-    bad_filter = api.post("datasets", json={"name": "x", "client_url": empty_orthanc.url, "client_id": "orthanc",
-                                            "client_secret": "orthanc", "filters": "Modality"})
+    bad_filter = api.post(
+        "datasets",
+        json={
+            "name": "x",
+            "client_url": empty_orthanc.url,
+            "client_id": "orthanc",
+            "client_secret": "orthanc",
+            "filters": "Modality",
+        },
+    )
     assert bad_filter.status_code == 400
     assert api.get("datasets").json()["datasets"] == []
 
@@ -66,13 +90,24 @@ def test_nextimage_meta_least_recently_served_and_seg_removes_the_series(api, em
 def test_inference_on_a_sagittal_shuffled_series_lands_on_the_series_grid(api, empty_orthanc, demo_zips):
     series = store_ct(empty_orthanc, seed=21, orientation=SAGITTAL, spacing=(1.5, 1.5, 2.0))
     dataset_id = dicom_dataset(api, empty_orthanc)
-    assert api.post(f"datasets/{dataset_id}/jobs", json={"action": "cacheimage",
-                                                         "specs": {"image": series.uid}}).status_code == 201
+    assert (
+        api.post(
+            f"datasets/{dataset_id}/jobs", json={"action": "cacheimage", "specs": {"image": series.uid}}
+        ).status_code
+        == 201
+    )
     wait_for(lambda: api.ctx.cache.lookup(dataset_id, series.uid), what="series cached")
     empty_orthanc.delete_series(series.uid)  # inference must not need the server any more
-    resp = api.post("experiments", json={"name": "seg", "network_arch": "monai_custom",
-                                         "inference_dataset": dataset_id, "realtime_infer": True,
-                                         "bundle_url": str(demo_zips["segmentation"])})
+    resp = api.post(
+        "experiments",
+        json={
+            "name": "seg",
+            "network_arch": "monai_custom",
+            "inference_dataset": dataset_id,
+            "realtime_infer": True,
+            "bundle_url": str(demo_zips["segmentation"]),
+        },
+    )
     exp = resp.json()
     resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": series.uid}})
     assert resp.status_code == 201, resp.text
@@ -87,10 +122,17 @@ def test_training_reads_seg_labels_from_dicomweb(api, empty_orthanc, demo_zips):
     for series in labeled:
         store_seg(empty_orthanc, series, SPLEEN)
     dataset_id = dicom_dataset(api, empty_orthanc)
-    exp = api.post("experiments", json={"name": "t", "network_arch": "monai_segmentation",
-                                        "train_datasets": [dataset_id], "eval_dataset": dataset_id,
-                                        "model_params": {"labels": SPLEEN},
-                                        "bundle_url": str(demo_zips["segmentation"])}).json()
+    exp = api.post(
+        "experiments",
+        json={
+            "name": "t",
+            "network_arch": "monai_segmentation",
+            "train_datasets": [dataset_id],
+            "eval_dataset": dataset_id,
+            "model_params": {"labels": SPLEEN},
+            "bundle_url": str(demo_zips["segmentation"]),
+        },
+    ).json()
     job_id = start(api, exp, {"epochs": 1, "finetune": True})
     done = wait_status(api, exp, job_id, {"Done", "Error"})
     assert done["status"] == "Done", done["result"]

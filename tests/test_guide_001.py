@@ -35,14 +35,22 @@ def test_guide_001_runs_as_written(empty_orthanc, azurite, mlflow_url, vista_bun
     BlobServiceClient.from_connection_string(azurite.connection_string).create_container("guide001")
     data_dir = tmp_path / "server"
     monkeypatch.setenv("MONAI_API_KEY", create_key(data_dir, ORG, "annotator"))
-    env = {"MEDCLOUD_VISTA3D_BUNDLE": str(vista_bundle),
-           "MEDCLOUD_AZURE_BLOB_ENDPOINT": azurite.endpoint.replace(AZURITE_ACCOUNT, "{account}")}
+    env = {
+        "MEDCLOUD_VISTA3D_BUNDLE": str(vista_bundle),
+        "MEDCLOUD_AZURE_BLOB_ENDPOINT": azurite.endpoint.replace(AZURITE_ACCOUNT, "{account}"),
+    }
     with medcloud_serve(data_dir, env=env) as server:
         replacements = {
-            "host_url": server.url, "dicom_web_endpoint": empty_orthanc.url,
-            "dicom_client_id": empty_orthanc.user, "dicom_client_secret": empty_orthanc.password,
-            "access_id": AZURITE_ACCOUNT, "access_secret": azurite.key, "cs_bucket": "guide001",
-            "use_mlflow": True, "mlflow_server_address": mlflow_url, "mlflow_experiment_name": "guide001",
+            "host_url": server.url,
+            "dicom_web_endpoint": empty_orthanc.url,
+            "dicom_client_id": empty_orthanc.user,
+            "dicom_client_secret": empty_orthanc.password,
+            "access_id": AZURITE_ACCOUNT,
+            "access_secret": azurite.key,
+            "cs_bucket": "guide001",
+            "use_mlflow": True,
+            "mlflow_server_address": mlflow_url,
+            "mlflow_experiment_name": "guide001",
         }
         ns: dict = {}
         cells = guide_cells("001")

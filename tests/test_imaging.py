@@ -32,8 +32,7 @@ LABELS = {"1": "liver", "2": "right_kidney", "3": "spleen"}
 def ct_and_labels(seed: int = 1, shape: tuple[int, int, int] = (24, 20, 12)) -> tuple[np.ndarray, np.ndarray]:
     """Integer HU (what 16-bit stored values with slope 1 can hold exactly) and a 3-class label map."""
     rad_max = min(6, (min(shape) - 1) // 2)
-    image, label = synthetic_ct_arrays(seed=seed, shape=shape, num_objs=3, rad_max=rad_max,
-                                       rad_min=max(1, rad_max - 2))
+    image, label = synthetic_ct_arrays(seed=seed, shape=shape, num_objs=3, rad_max=rad_max, rad_min=max(1, rad_max - 2))
     hu = np.rint(image * 4.0 - 900.0).astype(np.float32)  # spread over -1100..-300 and beyond
     rng = np.random.RandomState(seed)
     labels = (label * rng.randint(1, 4, size=shape)).astype(np.uint8)
@@ -55,9 +54,16 @@ def expected_ras(ds: pydicom.Dataset, i: int, j: int) -> np.ndarray:
 def test_series_volume_is_voxel_exact_with_the_dicom_geometry(name: str, slope: int, step: float) -> None:
     hu, _ = ct_and_labels()
     hu = (np.rint(hu / slope) * slope).astype(np.float32)  # representable with this slope
-    datasets = write_ct_series(hu, orientation=ORIENTATIONS[name], spacing=(0.75, 0.8, step),
-                               origin=(-100.5, 20.25, 33.0), shuffle=True, rescale_intercept=-1024,
-                               rescale_slope=slope, seed=7)
+    datasets = write_ct_series(
+        hu,
+        orientation=ORIENTATIONS[name],
+        spacing=(0.75, 0.8, step),
+        origin=(-100.5, 20.25, 33.0),
+        shuffle=True,
+        rescale_intercept=-1024,
+        rescale_slope=slope,
+        seed=7,
+    )
     assert [int(ds.InstanceNumber) for ds in datasets] != list(range(1, hu.shape[2] + 1))
     volume = read_series(series_bytes(datasets))
     expected = hu if step > 0 else hu[:, :, ::-1]  # slices ascend along the normal, whatever the writer did
@@ -163,13 +169,26 @@ def test_fractional_seg_from_highdicom() -> None:
     mask = (labels == 1).transpose(2, 1, 0).astype(np.float32)
     sources = sorted(datasets, key=lambda ds: volume.instance_uids.index(ds.SOPInstanceUID))
     description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="Liver", segmented_property_category=codes.SCT.Tissue,
-        segmented_property_type=codes.SCT.Organ, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        segment_number=1,
+        segment_label="Liver",
+        segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Organ,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=mask * 0.9, segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        segment_descriptions=[description], series_instance_uid=hd.UID(), series_number=2,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test", manufacturer_model_name="test",
-        software_versions="1", device_serial_number="1")
+        source_images=sources,
+        pixel_array=mask * 0.9,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
+    )
     assert np.array_equal(seg_to_labels(seg, volume, LABELS), (labels == 1).astype(np.uint8))
 
 

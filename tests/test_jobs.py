@@ -18,8 +18,14 @@ UNKNOWN = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 
 def seg_experiment(api, local_dataset, demo_zips, **extra):
     dataset_id = create_dataset(api, local_dataset)
-    body = {"name": "train", "network_arch": "monai_segmentation", "train_datasets": [dataset_id],
-            "eval_dataset": dataset_id, "bundle_url": str(demo_zips["segmentation"]), **extra}
+    body = {
+        "name": "train",
+        "network_arch": "monai_segmentation",
+        "train_datasets": [dataset_id],
+        "eval_dataset": dataset_id,
+        "bundle_url": str(demo_zips["segmentation"]),
+        **extra,
+    }
     resp = api.post("experiments", json=body)
     assert resp.status_code == 201, resp.text
     return resp.json()
@@ -38,8 +44,11 @@ def job(api, exp, job_id):
 
 
 def wait_status(api, exp, job_id, statuses, timeout=240):
-    return wait_for(lambda: (j := job(api, exp, job_id))["status"] in statuses and j, timeout=timeout,
-                    what=f"job {job_id} to reach {statuses}")
+    return wait_for(
+        lambda: (j := job(api, exp, job_id))["status"] in statuses and j,
+        timeout=timeout,
+        what=f"job {job_id} to reach {statuses}",
+    )
 
 
 def test_train_job_runs_the_bundle_and_reports_its_best_epoch(api, local_dataset, demo_zips):
@@ -71,9 +80,19 @@ def test_train_job_runs_the_bundle_and_reports_its_best_epoch(api, local_dataset
 def test_results_are_uploaded_to_the_workspace(api, local_dataset, demo_zips, s3_server):
     client = s3_client(s3_server)
     client.create_bucket(Bucket="trainresults")
-    ws = api.post("workspaces", json={"name": "ws", "cloud_type": "aws", "cloud_specific_details": {
-        "cloud_bucket_name": "trainresults", "access_key": s3_server.key, "secret_key": s3_server.secret,
-        "endpoint_url": s3_server.endpoint_url}}).json()
+    ws = api.post(
+        "workspaces",
+        json={
+            "name": "ws",
+            "cloud_type": "aws",
+            "cloud_specific_details": {
+                "cloud_bucket_name": "trainresults",
+                "access_key": s3_server.key,
+                "secret_key": s3_server.secret,
+                "endpoint_url": s3_server.endpoint_url,
+            },
+        },
+    ).json()
     exp = seg_experiment(api, local_dataset, demo_zips, workspace=ws["id"])
     job_id = start(api, exp, {"epochs": 1})
     assert wait_status(api, exp, job_id, {"Done", "Error"})["status"] == "Done"
@@ -140,18 +159,21 @@ def test_restart_turns_orphaned_running_jobs_into_errors(tmp_path, local_dataset
         assert "process is gone" in failed["result"]["detailed_status"]["message"]
 
 
-@pytest.mark.parametrize(("body", "fragment"), [
-    ({"action": "train", "specs": {"bundle_root": "/tmp"}}, "may not set bundle_root"),
-    ({"action": "train", "specs": {"ckpt_dir": "/tmp"}}, "may not set ckpt_dir"),
-    ({"action": "train", "specs": {"config_file": "configs/nope.json"}}, "no configs/nope.json"),
-    ({"action": "train", "specs": []}, "Field `specs`"),
-    ({"action": "annotation", "specs": {"round_size": 0}}, "round_size"),
-    ({"action": "annotation", "specs": {"stop_criteria": 3}}, "stop_criteria"),
-    ({"action": "annotation", "specs": {"train_spec": {"workflow_type": "x"}}}, "may not set workflow_type"),
-    ({"action": "batchinfer", "specs": {"train_job_id": "nope"}}, "not a valid UUID"),
-    ({"action": "batchinfer", "specs": {"train_job_id": UNKNOWN}}, "not a finished train job"),
-    ({"action": "train", "specs": {}, "parent_job_id": UNKNOWN}, "parent_job_id"),
-])
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"action": "train", "specs": {"bundle_root": "/tmp"}}, "may not set bundle_root"),
+        ({"action": "train", "specs": {"ckpt_dir": "/tmp"}}, "may not set ckpt_dir"),
+        ({"action": "train", "specs": {"config_file": "configs/nope.json"}}, "no configs/nope.json"),
+        ({"action": "train", "specs": []}, "Field `specs`"),
+        ({"action": "annotation", "specs": {"round_size": 0}}, "round_size"),
+        ({"action": "annotation", "specs": {"stop_criteria": 3}}, "stop_criteria"),
+        ({"action": "annotation", "specs": {"train_spec": {"workflow_type": "x"}}}, "may not set workflow_type"),
+        ({"action": "batchinfer", "specs": {"train_job_id": "nope"}}, "not a valid UUID"),
+        ({"action": "batchinfer", "specs": {"train_job_id": UNKNOWN}}, "not a finished train job"),
+        ({"action": "train", "specs": {}, "parent_job_id": UNKNOWN}, "parent_job_id"),
+    ],
+)
 def test_bad_job_requests_are_400_and_create_nothing(api, local_dataset, demo_zips, body, fragment):
     exp = seg_experiment(api, local_dataset, demo_zips)
     resp = api.post(f"experiments/{exp['id']}/jobs", json=body)

@@ -12,8 +12,18 @@ def test_train_job_logs_params_and_per_epoch_metrics_to_mlflow(api, local_datase
     from mlflow.tracking import MlflowClient
 
     exp = seg_experiment(api, local_dataset, demo_zips)
-    job_id = start(api, exp, {"epochs": 2, "val_interval": 1, "tracking": "mlflow", "tracking_uri": mlflow_url,
-                              "experiment_name": "medcloud-test", "save_execute_config": False})
+    job_id = start(
+        api,
+        exp,
+        {
+            "epochs": 2,
+            "val_interval": 1,
+            "tracking": "mlflow",
+            "tracking_uri": mlflow_url,
+            "experiment_name": "medcloud-test",
+            "save_execute_config": False,
+        },
+    )
     done = wait_status(api, exp, job_id, {"Done", "Error"})
     assert done["status"] == "Done", done["result"]
     client = MlflowClient(tracking_uri=mlflow_url)

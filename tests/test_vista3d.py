@@ -77,7 +77,7 @@ def test_points_and_labels_map_between_original_and_preprocessed_grids(tmp_path:
     shape = (48, 56, 40)
     image = np.full(shape, -500.0, np.float32)
     mark = (21, 33, 22)
-    image[mark[0] - 7:mark[0] + 8, mark[1] - 7:mark[1] + 8, mark[2] - 7:mark[2] + 8] = 800.0
+    image[mark[0] - 7 : mark[0] + 8, mark[1] - 7 : mark[1] + 8, mark[2] - 7 : mark[2] + 8] = 800.0
     image[5:9, 5:9, 5:9] = 300.0  # a second object so the foreground crop is not just the mark
     path = tmp_path / "mark.nii.gz"
     nib.save(nib.Nifti1Image(image, affine), str(path))
@@ -129,26 +129,35 @@ def predictor_rules():  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"label_prompt": [3, 4], "points": [[1, 2, 3]], "point_labels": [1]},
-         "With points, label_prompt must name exactly one class; got 2 ([3, 4])."),
-        ({"label_prompt": [3], "points": [[1, 2, 3]]},
-         "points need point_labels: one label per point (1 foreground, 0 background)."),
-        ({"label_prompt": [3], "points": [[1, 2, 3], [4, 5, 6]], "point_labels": [1]},
-         "points and point_labels must have the same length: 2 points, 1 labels."),
+        (
+            {"label_prompt": [3, 4], "points": [[1, 2, 3]], "point_labels": [1]},
+            "With points, label_prompt must name exactly one class; got 2 ([3, 4]).",
+        ),
+        (
+            {"label_prompt": [3], "points": [[1, 2, 3]]},
+            "points need point_labels: one label per point (1 foreground, 0 background).",
+        ),
+        (
+            {"label_prompt": [3], "points": [[1, 2, 3], [4, 5, 6]], "point_labels": [1]},
+            "points and point_labels must have the same length: 2 points, 1 labels.",
+        ),
         ({"label_prompt": [0]}, "label_prompt has an unknown class 0"),
         ({"label_prompt": [255]}, "label_prompt has an unknown class 255"),
         ({"label_prompt": ["3.5"]}, "label_prompt has an unknown class '3.5'"),
         ({"label_prompt": [200]}, "Class 200 is zero-shot (classes 133 to 254): it needs points"),
         ({"label_prompt": [16]}, "Class 16 (prostate or uterus) has no automatic segmentation in VISTA-3D"),
-        ({"label_prompt": [2], "points": [[1, 2, 3]], "point_labels": [1]},
-         "Class 2 (kidney) stands for several classes (14, 5); with points, give exactly one of them."),
+        (
+            {"label_prompt": [2], "points": [[1, 2, 3]], "point_labels": [1]},
+            "Class 2 (kidney) stands for several classes (14, 5); with points, give exactly one of them.",
+        ),
         ({"label_prompt": [3], "points": [[1, 2, 3]], "point_labels": [5]}, "point_labels must be 0 or 1"),
         ({"point_labels": [1]}, "point_labels were given without points"),
         ({"label_prompt": [3], "points": [[1, 2]], "point_labels": [1]}, "Point 1 must be [x, y, z] voxel indices"),
     ],
 )
-def test_prompt_rule_violations_are_invalid(predictor: Vista3dPredictor, tmp_path: Path,
-                                            params: dict, message: str) -> None:
+def test_prompt_rule_violations_are_invalid(
+    predictor: Vista3dPredictor, tmp_path: Path, params: dict, message: str
+) -> None:
     image, _ = write_ct(tmp_path / "ct.nii.gz", seed=21)
     with pytest.raises(Invalid) as info:
         predictor.predict(str(image), params, tmp_path / "out")
@@ -159,8 +168,11 @@ def test_prompt_rule_violations_are_invalid(predictor: Vista3dPredictor, tmp_pat
 def test_point_outside_the_image_names_it_and_the_shape(predictor: Vista3dPredictor, tmp_path: Path) -> None:
     image, _ = write_ct(tmp_path / "ct.nii.gz", seed=21)
     with pytest.raises(Invalid) as info:
-        predictor.predict(str(image), {"label_prompt": [3], "points": [[10, 10, 10], [10, 64, 3]],
-                                       "point_labels": [1, 0]}, tmp_path / "out")
+        predictor.predict(
+            str(image),
+            {"label_prompt": [3], "points": [[10, 10, 10], [10, 64, 3]], "point_labels": [1, 0]},
+            tmp_path / "out",
+        )
     assert info.value.message == (
         "Point 2 [10, 64, 3] is outside the image: points are [x, y, z] voxel indices and the image shape "
         "is [64, 64, 64]."
@@ -200,8 +212,9 @@ def test_point_click_overlaps_the_sphere_and_marks_unreached_voxels_255(
 ) -> None:
     image, truth = write_ct(tmp_path / "ct.nii.gz", seed=17, shape=(96, 96, 64))
     click = centre(truth)
-    [out] = predictor.predict(str(image), {"label_prompt": [3], "points": [click], "point_labels": [1]},
-                              tmp_path / "out")
+    [out] = predictor.predict(
+        str(image), {"label_prompt": [3], "points": [click], "point_labels": [1]}, tmp_path / "out"
+    )
     seg = read_raw_nrrd(out, truth.shape)
     assert set(np.unique(seg)) <= {0, 3, 255}
     inside = seg == 3
@@ -209,7 +222,7 @@ def test_point_click_overlaps_the_sphere_and_marks_unreached_voxels_255(
     assert seg[tuple(click)] == 3
     # The 32-voxel (48 mm) window around the click is reached; far from it nothing was computed.
     x, y, z = click
-    assert not (seg[x - 8:x + 9, y - 8:y + 9, z - 6:z + 7] == 255).any()
+    assert not (seg[x - 8 : x + 9, y - 8 : y + 9, z - 6 : z + 7] == 255).any()
     assert (seg == 255).sum() > 0
     far = np.argwhere(seg == 255)
     assert np.abs(far - np.array(click)).max(1).min() > 10
@@ -225,8 +238,9 @@ def test_point_only_click_keeps_the_clicked_component(predictor: Vista3dPredicto
 def test_zero_shot_and_special_classes_answer_with_their_own_index(predictor: Vista3dPredictor, tmp_path: Path) -> None:
     image, truth = write_ct(tmp_path / "ct.nii.gz", seed=14)
     for cls in (200, 25):  # zero-shot: the point head alone; 25 (hepatic vessel): labels 0/1 sent as 2/3
-        [out] = predictor.predict(str(image), {"label_prompt": [cls], "points": [centre(truth)], "point_labels": [1]},
-                                  tmp_path / str(cls))
+        [out] = predictor.predict(
+            str(image), {"label_prompt": [cls], "points": [centre(truth)], "point_labels": [1]}, tmp_path / str(cls)
+        )
         assert set(np.unique(read_raw_nrrd(out, truth.shape))) <= {0, cls, 255}
 
 

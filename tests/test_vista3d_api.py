@@ -34,13 +34,23 @@ def vista_api(tmp_path, vista_bundle):
 
 
 def base_id(api):
-    return next(e["id"] for e in api.get("experiments:base").json()["experiments"] if e["network_arch"] == "monai_vista3d")
+    return next(
+        e["id"] for e in api.get("experiments:base").json()["experiments"] if e["network_arch"] == "monai_vista3d"
+    )
 
 
 def vista_experiment(api, dataset_id, **extra):
-    body = {"name": "v", "network_arch": "monai_vista3d", "base_experiment": [base_id(api)],
-            "inference_dataset": dataset_id, "eval_dataset": dataset_id, "train_datasets": [dataset_id],
-            "realtime_infer": True, "model_params": {"labels": GUIDE_LABELS}, **extra}
+    body = {
+        "name": "v",
+        "network_arch": "monai_vista3d",
+        "base_experiment": [base_id(api)],
+        "inference_dataset": dataset_id,
+        "eval_dataset": dataset_id,
+        "train_datasets": [dataset_id],
+        "realtime_infer": True,
+        "model_params": {"labels": GUIDE_LABELS},
+        **extra,
+    }
     resp = api.post("experiments", json=body)
     assert resp.status_code == 201, resp.text
     return resp.json()
@@ -48,8 +58,16 @@ def vista_experiment(api, dataset_id, **extra):
 
 def test_realtime_vista_without_weights_says_how_to_configure(api, empty_orthanc):
     dataset_id = dataset_for(api, empty_orthanc, "ANY")
-    resp = api.post("experiments", json={"name": "v", "network_arch": "monai_vista3d", "base_experiment": [base_id(api)],
-                                         "train_datasets": [dataset_id], "realtime_infer": True})
+    resp = api.post(
+        "experiments",
+        json={
+            "name": "v",
+            "network_arch": "monai_vista3d",
+            "base_experiment": [base_id(api)],
+            "train_datasets": [dataset_id],
+            "realtime_infer": True,
+        },
+    )
     assert resp.status_code == 400 and "MEDCLOUD_VISTA3D_BUNDLE" in resp.json()["error_desc"]
     assert api.get("experiments", params={"user_only": "true"}).json()["experiments"] == []
 
@@ -99,14 +117,24 @@ def test_continual_learning_improves_a_weak_vista3d(tmp_path, empty_orthanc, wea
         exp = vista_experiment(api, held_ds, train_datasets=[train_ds], eval_dataset=eval_ds)
 
         def held_dice():
-            resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {
-                "image": held.uid, "bundle_params": {"label_prompt": [3]}}})
+            resp = api.post(
+                f"experiments/{exp['id']}/jobs",
+                json={"action": "inference", "specs": {"image": held.uid, "bundle_params": {"label_prompt": [3]}}},
+            )
             return dice(nrrd_voxels(next(iter(multipart_parts(resp).values())), held.label.shape) == 3, held.label)
 
         before = held_dice()
-        cl_job = api.post(f"experiments/{exp['id']}/jobs", json={"action": "annotation", "specs": {
-            "round_size": 1, "stop_criteria": {"max_rounds": 2},
-            "train_spec": {"epochs": 3, "val_interval": 1, "learning_rate": 0.005, "steps_per_epoch": 25}}}).json()
+        cl_job = api.post(
+            f"experiments/{exp['id']}/jobs",
+            json={
+                "action": "annotation",
+                "specs": {
+                    "round_size": 1,
+                    "stop_criteria": {"max_rounds": 2},
+                    "train_spec": {"epochs": 3, "val_interval": 1, "learning_rate": 0.005, "steps_per_epoch": 25},
+                },
+            },
+        ).json()
         wait_status(api, exp, cl_job, {"Running"}, timeout=10)
         first = annotate_round(api, empty_orthanc, exp, cl_job, train_ds, train[0], labels={"3": "spleen"})
         second = annotate_round(api, empty_orthanc, exp, cl_job, train_ds, train[1], labels={"3": "spleen"})

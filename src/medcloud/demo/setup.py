@@ -81,7 +81,7 @@ def prepare_demo(ctx: Context, out: TextIO) -> None:
         '  access_id = access_secret = ""   # a local folder needs no credentials\n'
         f'  bundle_url = "file://{zips["classification"]}"\n'
         f'  inference_image_id = "{image_ids["classification"]}"   # an RGB frame for the classification bundle\n'
-        f'or, for the 3D segmentation bundle:\n'
+        f"or, for the 3D segmentation bundle:\n"
         f'  bundle_url = "file://{zips["segmentation"]}"\n'
         f'  inference_image_id = "{image_ids["segmentation"]}"   # a CT volume\n'
         "The demo API key is:",

@@ -30,15 +30,24 @@ TRAIN_SEEDS_FROM = 1_000_000 + 30_000  # the demo's training seeds; smaller seed
 SMALL_NETWORK_DEF: dict[str, Any] = {
     "_target_": "monai.networks.nets.vista3d.VISTA3D",
     "image_encoder": {
-        "_target_": "monai.networks.nets.segresnet_ds.SegResNetDS2", "in_channels": "@input_channels",
-        "blocks_down": [1, 1, 1], "norm": "instance", "out_channels": 8, "init_filters": 8, "dsdepth": 1,
+        "_target_": "monai.networks.nets.segresnet_ds.SegResNetDS2",
+        "in_channels": "@input_channels",
+        "blocks_down": [1, 1, 1],
+        "norm": "instance",
+        "out_channels": 8,
+        "init_filters": 8,
+        "dsdepth": 1,
     },
     "class_head": {
-        "_target_": "monai.networks.nets.vista3d.ClassMappingClassify", "n_classes": 512, "feature_size": 8,
+        "_target_": "monai.networks.nets.vista3d.ClassMappingClassify",
+        "n_classes": 512,
+        "feature_size": 8,
         "use_mlp": True,
     },
     "point_head": {
-        "_target_": "monai.networks.nets.vista3d.PointMappingSAM", "feature_size": 8, "n_classes": 512,
+        "_target_": "monai.networks.nets.vista3d.PointMappingSAM",
+        "feature_size": 8,
+        "n_classes": 512,
         "last_supported": 132,
     },
 }
@@ -53,10 +62,13 @@ def vista3d_inference_config(network_def: Any, patch_size: tuple[int, int, int])
         "bundle_root": "./",
         "image_key": "image",
         "everything_labels": "$list(set([i+1 for i in range(132)]) - set([2,16,18,20,21,23,24,25,26,27,128,129,"
-                             "130,131,132]))",
+        "130,131,132]))",
         "metadata_path": "$@bundle_root + '/configs/metadata.json'",
-        "subclass": {"2": [14, 5], "20": [28, 29, 30, 31, 32],
-                     "21": "$list(range(33, 57)) + list(range(63, 98)) + [114, 120, 122]"},
+        "subclass": {
+            "2": [14, 5],
+            "20": [28, 29, 30, 31, 32],
+            "21": "$list(range(33, 57)) + list(range(63, 98)) + [114, 120, 122]",
+        },
         "input_channels": 1,
         "resample_spacing": list(_PRE.spacing),
         "sw_batch_size": 1,
@@ -71,15 +83,31 @@ def vista3d_inference_config(network_def: Any, patch_size: tuple[int, int, int])
             {"_target_": "EnsureChannelFirstd", "keys": "@image_key"},
             {"_target_": "EnsureTyped", "keys": "@image_key", "device": "@device", "track_meta": True},
             {"_target_": "Spacingd", "keys": "@image_key", "pixdim": "@resample_spacing", "mode": "bilinear"},
-            {"_target_": "CropForegroundd", "keys": "@image_key", "allow_smaller": True,
-             "margin": _PRE.crop_margin, "source_key": "@image_key"},
-            {"_target_": "ScaleIntensityRanged", "keys": "@image_key", "a_min": _PRE.a_min, "a_max": _PRE.a_max,
-             "b_min": 0, "b_max": 1, "clip": True},
+            {
+                "_target_": "CropForegroundd",
+                "keys": "@image_key",
+                "allow_smaller": True,
+                "margin": _PRE.crop_margin,
+                "source_key": "@image_key",
+            },
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "@image_key",
+                "a_min": _PRE.a_min,
+                "a_max": _PRE.a_max,
+                "b_min": 0,
+                "b_max": 1,
+                "clip": True,
+            },
             {"_target_": "Orientationd", "keys": "@image_key", "axcodes": "RAS"},
             {"_target_": "CastToTyped", "keys": "@image_key", "dtype": "$torch.float32"},
         ],
-        "inferer": {"roi_size": "@patch_size", "overlap": "@overlap", "sw_batch_size": "@sw_batch_size",
-                    "use_point_window": "@use_point_window"},
+        "inferer": {
+            "roi_size": "@patch_size",
+            "overlap": "@overlap",
+            "sw_batch_size": "@sw_batch_size",
+            "use_point_window": "@use_point_window",
+        },
     }
 
 
@@ -89,27 +117,56 @@ def vista3d_metadata(patch_size: tuple[int, int, int], description: str) -> dict
     labels = {k: n[:10] + n[10:].upper() if n.startswith("vertebrae ") else n for k, n in lowercase.items()}
     shape = list(patch_size)
     return {
-        "version": version, "name": "VISTA3D", "task": "CT segmentation with class and point prompts",
-        "description": description, "authors": "medcloud (architecture: MONAI team)",
-        "copyright": "Copyright (c) MONAI Consortium", "data_type": "nibabel",
-        "image_classes": "1 channel data, intensity scaled to [0, 1]", "label_classes": "single channel data",
+        "version": version,
+        "name": "VISTA3D",
+        "task": "CT segmentation with class and point prompts",
+        "description": description,
+        "authors": "medcloud (architecture: MONAI team)",
+        "copyright": "Copyright (c) MONAI Consortium",
+        "data_type": "nibabel",
+        "image_classes": "1 channel data, intensity scaled to [0, 1]",
+        "label_classes": "single channel data",
         "pred_classes": "2 channels OneHot data",
         "intended_use": "This is an example, not to be used for diagnostic purposes",
         "network_data_format": {
-            "inputs": {"image": {
-                "type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
-                "spatial_shape": shape, "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
-                "channel_def": {"0": "image"}}},
-            "outputs": {"pred": {
-                "type": "image", "format": "segmentation", "num_channels": 1, "spatial_shape": shape,
-                "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
-                "channel_def": {"0": "background", **labels}}},
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "hounsfield",
+                    "modality": "CT",
+                    "num_channels": 1,
+                    "spatial_shape": shape,
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": True,
+                    "channel_def": {"0": "image"},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 1,
+                    "spatial_shape": shape,
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": True,
+                    "channel_def": {"0": "background", **labels},
+                }
+            },
         },
     }
 
 
-def make_vista3d_bundle(dest: Path, *, name: str = "vista3d_small", train: bool = True, seed: int = 0,
-                        full_size: bool = False, steps: int = 150) -> Path:
+def make_vista3d_bundle(
+    dest: Path,
+    *,
+    name: str = "vista3d_small",
+    train: bool = True,
+    seed: int = 0,
+    full_size: bool = False,
+    steps: int = 150,
+) -> Path:
     """Write `dest/<name>` in the official layout and return it.
 
     The small network (default) is trained for `steps` patches when `train`; `full_size=True` writes
@@ -180,7 +237,11 @@ def train_small_vista3d(network: torch.nn.Module, *, seed: int = 0, steps: int =
         if y[0].any():  # two click sets on the same patch: two objects for the point head, one encoder pass
             points, labels = sample_clicks(y[0, 0], rs)
             point_logits = network.point_head(out[:1], points, labels, class_vector=torch.tensor([[SPLEEN]] * 2))
-            loss = loss + dice(point_logits, y[:1].expand(2, -1, -1, -1, -1)) + bce(point_logits, y[:1].expand(2, -1, -1, -1, -1))
+            loss = (
+                loss
+                + dice(point_logits, y[:1].expand(2, -1, -1, -1, -1))
+                + bce(point_logits, y[:1].expand(2, -1, -1, -1, -1))
+            )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -20,8 +20,17 @@ from medcloud.imaging.series import DicomInput, SeriesVolume, load_dataset, shal
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # Type-2 attributes highdicom copies from the source images; real series sometimes lack them.
-_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                 "StudyID", "AccessionNumber", "ReferringPhysicianName")
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 
 
 def normalize_name(name: str) -> str:
@@ -112,7 +121,7 @@ class _Geometry:
 
     def _source_slice(self, f: int) -> int | None:
         derivation = self._group(f, "DerivationImageSequence")
-        for source in (derivation.get("SourceImageSequence", []) if derivation is not None else []):
+        for source in derivation.get("SourceImageSequence", []) if derivation is not None else []:
             k = self.slice_of.get(str(source.get("ReferencedSOPInstanceUID", "")))
             if k is not None:
                 return k
@@ -143,15 +152,19 @@ class _Geometry:
 def _segment_description(number: int, name: str, algorithm: str | None) -> hd.seg.SegmentDescription:
     if algorithm:
         identification = hd.AlgorithmIdentificationSequence(
-            name=algorithm, family=codes.cid7162.ArtificialIntelligence, version="1")
+            name=algorithm, family=codes.cid7162.ArtificialIntelligence, version="1"
+        )
         kind = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
     else:
         identification, kind = None, hd.seg.SegmentAlgorithmTypeValues.MANUAL
     return hd.seg.SegmentDescription(
-        segment_number=number, segment_label=str(name)[:64],
+        segment_number=number,
+        segment_label=str(name)[:64],
         segmented_property_category=codes.SCT.AnatomicalStructure,
         segmented_property_type=codes.SCT.Organ,
-        algorithm_type=kind, algorithm_identification=identification)
+        algorithm_type=kind,
+        algorithm_identification=identification,
+    )
 
 
 def _with_type2(ds: Dataset) -> Dataset:
@@ -168,7 +181,8 @@ def _with_type2(ds: Dataset) -> Dataset:
 def labels_to_seg(
     label_volume: np.ndarray,
     source_datasets: Sequence[DicomInput],
-    labels: Mapping[str | int, str], *,
+    labels: Mapping[str | int, str],
+    *,
     series_description: str = "Segmentation",
     series_number: int = 300,
     algorithm: str | None = "medcloud",
@@ -195,11 +209,20 @@ def labels_to_seg(
     pixels = np.ascontiguousarray(lut[volume.astype(np.int64)].transpose(2, 1, 0))
     descriptions = [_segment_description(n, name, algorithm) for n, name in enumerate(names.values(), 1)]
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-        series_instance_uid=series_uid or hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=manufacturer,
-        manufacturer_model_name="medcloud", software_versions="1", device_serial_number="1",
-        series_description=series_description, omit_empty_frames=True)
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=manufacturer,
+        manufacturer_model_name="medcloud",
+        software_versions="1",
+        device_serial_number="1",
+        series_description=series_description,
+        omit_empty_frames=True,
+    )
     seg.preamble = b"\0" * 128
     return seg

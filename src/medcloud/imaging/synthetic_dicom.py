@@ -68,7 +68,8 @@ def _common(patient_id: str, study_uid: str, study_date: str | None, study_time:
 
 
 def write_ct_series(
-    array_xyz_hu: np.ndarray, *,
+    array_xyz_hu: np.ndarray,
+    *,
     orientation: Sequence[Sequence[float]] = AXIAL,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     origin: Sequence[float] = (0.0, 0.0, 0.0),
@@ -111,8 +112,10 @@ def write_ct_series(
     if shuffle:
         rng.shuffle(numbers)
     step = np.cross(row, col) * float(spacing[2])
-    out = [_ct_slice(template, stored[:, :, k], np.asarray(origin, dtype=np.float64) + k * step, numbers[k])
-           for k in range(stored.shape[2])]
+    out = [
+        _ct_slice(template, stored[:, :, k], np.asarray(origin, dtype=np.float64) + k * step, numbers[k])
+        for k in range(stored.shape[2])
+    ]
     if shuffle:
         rng.shuffle(out)
     return out
@@ -165,8 +168,9 @@ def _frame_item(source: Dataset, segment: int, k: int, reference: str) -> Datase
     if reference in ("both", "uid"):
         src = Dataset()
         src.ReferencedSOPClassUID, src.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
-        src.PurposeOfReferenceCodeSequence = [_code_item("121322", "DCM", "Source image for image processing "
-                                                                          "operation")]
+        src.PurposeOfReferenceCodeSequence = [
+            _code_item("121322", "DCM", "Source image for image processing operation")
+        ]
         derivation = Dataset()
         derivation.SourceImageSequence = [src]
         derivation.DerivationCodeSequence = [_code_item("113076", "DCM", "Segmentation")]
@@ -212,7 +216,8 @@ def _seg_header(first: Dataset, sources: Sequence[Dataset]) -> Dataset:
 def handmade_seg(
     label_volume: np.ndarray,
     source_datasets: Sequence[pydicom.Dataset],
-    segments: Mapping[int, str], *,
+    segments: Mapping[int, str],
+    *,
     reference: Literal["both", "uid", "position"] = "both",
     shuffle_frames: bool = True,
     seed: int = 0,

@@ -57,7 +57,8 @@ def read_config(parser: ConfigParser, names: dict[int, str] | None = None) -> Vi
     crop = _transform_args(parser, "CropForegroundd")
     preprocess = PreprocessSettings(
         spacing=tuple(float(v) for v in _parsed(parser, "resample_spacing", defaults.spacing)),  # type: ignore[arg-type]
-        a_min=float(window.get("a_min", defaults.a_min)), a_max=float(window.get("a_max", defaults.a_max)),
+        a_min=float(window.get("a_min", defaults.a_min)),
+        a_max=float(window.get("a_max", defaults.a_max)),
         crop_margin=int(crop.get("margin", defaults.crop_margin)),
     )
     base = PromptRules()
@@ -68,7 +69,8 @@ def read_config(parser: ConfigParser, names: dict[int, str] | None = None) -> Vi
         names=names or {},
     )
     return Vista3dConfig(
-        preprocess=preprocess, rules=rules,
+        preprocess=preprocess,
+        rules=rules,
         roi_size=tuple(int(v) for v in _parsed(parser, "patch_size", (128, 128, 128))),  # type: ignore[arg-type]
         overlap=float(_parsed(parser, "inferer#overlap", 0.3)),
         sw_batch_size=int(_parsed(parser, "sw_batch_size", 1)),
@@ -127,9 +129,15 @@ class Vista3dPredictor:
         [PosixPath('out/ct_seg.nrrd')]
     """
 
-    def __init__(self, bundle_dir: Path, labels: dict[str, str] | None = None, *,
-                 roi_size: Sequence[int] | None = None, device: str | torch.device | None = None,
-                 max_cached_windows: int = 4) -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        labels: dict[str, str] | None = None,
+        *,
+        roi_size: Sequence[int] | None = None,
+        device: str | torch.device | None = None,
+        max_cached_windows: int = 4,
+    ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.parser = ConfigParser(ConfigParser.load_config_file(find_config(self.bundle_dir)))
@@ -155,8 +163,12 @@ class Vista3dPredictor:
         x = torch.zeros(1, 1, 32, 32, 32, device=self.device)
         points = torch.tensor([[[16.0, 16.0, 16.0]]], device=self.device)
         with torch.no_grad(), self._autocast():
-            self.network(x, point_coords=points, point_labels=torch.ones(1, 1, device=self.device),
-                         class_vector=torch.ones(1, 1, dtype=torch.long, device=self.device))
+            self.network(
+                x,
+                point_coords=points,
+                point_labels=torch.ones(1, 1, device=self.device),
+                class_vector=torch.ones(1, 1, dtype=torch.long, device=self.device),
+            )
 
     def swap_weights(self, weights: Path) -> None:
         assert self.network is not None, "load() first"
@@ -178,8 +190,11 @@ class Vista3dPredictor:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{image_stem(image)}_seg.nrrd"
         write_raw_nrrd(path, volume, prepared.original_affine)
-        self.last_timing = {"load": loaded - started, "infer": inferred - loaded,
-                            "total": time.perf_counter() - started}
+        self.last_timing = {
+            "load": loaded - started,
+            "infer": inferred - loaded,
+            "total": time.perf_counter() - started,
+        }
         return [path]
 
     def prepared(self, image: str | Path) -> PreparedImage:
@@ -200,28 +215,40 @@ class Vista3dPredictor:
         if prompt.points is None:
             classes = torch.tensor(prompt.classes, device=self.device).unsqueeze(-1)
             logits = SlidingWindowInfererAdapt(
-                roi_size=self.roi_size, sw_batch_size=self.config.sw_batch_size, overlap=self.config.overlap,
-                mode="gaussian", with_coord=True)(inputs, self.network, transpose=True, class_vector=classes,
-                                                  prompt_class=classes)
+                roi_size=self.roi_size,
+                sw_batch_size=self.config.sw_batch_size,
+                overlap=self.config.overlap,
+                mode="gaussian",
+                with_coord=True,
+            )(inputs, self.network, transpose=True, class_vector=classes, prompt_class=classes)
             return logits_to_labels(torch.as_tensor(logits)[0].float(), prompt.classes)
-        points = torch.as_tensor(map_points(prompt.points, prepared.to_prepared), dtype=torch.float32,
-                                 device=self.device).unsqueeze(0)
+        points = torch.as_tensor(
+            map_points(prompt.points, prepared.to_prepared), dtype=torch.float32, device=self.device
+        ).unsqueeze(0)
         point_labels = torch.tensor([prompt.point_labels], device=self.device)
         logits = self._point_logits(inputs, points, point_labels, prompt)
         if prompt.classes is None:  # point-only: keep the components holding a positive point
             logits = keep_components_with_positive_points(logits.unsqueeze(0), points, point_labels)[0]
         return logits_to_labels(logits, prompt.classes)
 
-    def _point_logits(self, inputs: torch.Tensor, points: torch.Tensor, point_labels: torch.Tensor,
-                      prompt: Prompt) -> torch.Tensor:
+    def _point_logits(
+        self, inputs: torch.Tensor, points: torch.Tensor, point_labels: torch.Tensor, prompt: Prompt
+    ) -> torch.Tensor:
         """As the official Vista3dInferer with points: a zero-shot class (> last_supported) runs the point head only."""
         assert self.network is not None
         cls = prompt.classes[0] if prompt.classes else None
         prompt_class = torch.tensor([[cls]], device=self.device) if cls is not None else None
         class_vector = prompt_class if cls is not None and cls <= self.config.rules.last_supported else None
         logits = point_window_inference(
-            inputs, self.roi_size, caching_predictor(self.network, self.cache), points, point_labels,
-            class_vector=class_vector, prompt_class=prompt_class, transpose=True)
+            inputs,
+            self.roi_size,
+            caching_predictor(self.network, self.cache),
+            points,
+            point_labels,
+            class_vector=class_vector,
+            prompt_class=prompt_class,
+            transpose=True,
+        )
         return torch.as_tensor(logits)[0].float().to(self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -246,4 +273,3 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
-

@@ -139,8 +139,14 @@ def _centred(p: float, roi: int, size: int) -> slice:
     return slice(int(p) - roi // 2, int(p) + roi // 2)
 
 
-def point_window_inference(inputs: torch.Tensor, roi: Sequence[int], predictor: Callable[..., torch.Tensor],
-                           point_coords: torch.Tensor, point_labels: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+def point_window_inference(
+    inputs: torch.Tensor,
+    roi: Sequence[int],
+    predictor: Callable[..., torch.Tensor],
+    point_coords: torch.Tensor,
+    point_labels: torch.Tensor,
+    **kwargs: Any,
+) -> torch.Tensor:
     """Logits [1, B, H, W, D] of `predictor` over the planned windows; NaN where no window reached."""
     pad = [0, 0, 0, 0, 0, 0]  # F.pad order: last axis first
     for axis in range(3):
@@ -152,8 +158,7 @@ def point_window_inference(inputs: torch.Tensor, roi: Sequence[int], predictor: 
     count = torch.zeros(image.shape[2:], device=image.device)
     for window in plan_windows(coords[0].cpu().numpy(), roi, image.shape[2:]):
         index = (slice(None), slice(None), *window)
-        output = predictor(image[index], point_coords=coords, point_labels=point_labels, patch_coords=[index],
-                           **kwargs)
+        output = predictor(image[index], point_coords=coords, point_labels=point_labels, patch_coords=[index], **kwargs)
         if total is None:
             total = torch.zeros((1, output.shape[1], *image.shape[2:]), device=image.device)
         total[index] += output.to(total.device, total.dtype)
@@ -161,4 +166,4 @@ def point_window_inference(inputs: torch.Tensor, roi: Sequence[int], predictor: 
     assert total is not None, "no point, no window"
     total = total / count  # 0/0 = NaN where no window reached
     h, w, d = image.shape[2:]
-    return total[:, :, pad[4]:h - pad[5], pad[2]:w - pad[3], pad[0]:d - pad[1]]
+    return total[:, :, pad[4] : h - pad[5], pad[2] : w - pad[3], pad[0] : d - pad[1]]

@@ -182,9 +182,7 @@ def _check_automatic(classes: tuple[int, ...], rules: PromptRules) -> None:
 
 def _check_single(classes: tuple[int, ...], rules: PromptRules) -> None:
     if len(classes) != 1:
-        raise Invalid(
-            f"With points, label_prompt must name exactly one class; got {len(classes)} ({list(classes)})."
-        )
+        raise Invalid(f"With points, label_prompt must name exactly one class; got {len(classes)} ({list(classes)}).")
     subclasses = rules.subclasses.get(classes[0])
     if subclasses:
         raise Invalid(

@@ -57,21 +57,34 @@ class PreparedImage:
     original_affine: np.ndarray  # RAS affine of the original grid
 
 
-def preprocessing(settings: PreprocessSettings, device: torch.device | str = "cpu", keys: Sequence[str] = ("image",),
-                  modes: Sequence[str] = ("bilinear",)) -> Compose:
+def preprocessing(
+    settings: PreprocessSettings,
+    device: torch.device | str = "cpu",
+    keys: Sequence[str] = ("image",),
+    modes: Sequence[str] = ("bilinear",),
+) -> Compose:
     """The official preprocessing (order and values as in `configs/inference.json`); `keys[0]` is the image."""
     image = keys[0]
-    return Compose([
-        LoadImaged(keys=list(keys), image_only=True),
-        EnsureChannelFirstd(keys=list(keys)),
-        EnsureTyped(keys=list(keys), device=device, track_meta=True),
-        Spacingd(keys=list(keys), pixdim=settings.spacing, mode=list(modes)),
-        CropForegroundd(keys=list(keys), source_key=image, margin=settings.crop_margin, allow_smaller=True,
-                        select_fn=positive_or_all),
-        ScaleIntensityRanged(keys=image, a_min=settings.a_min, a_max=settings.a_max, b_min=0.0, b_max=1.0, clip=True),
-        Orientationd(keys=list(keys), axcodes=settings.axcodes),
-        CastToTyped(keys=image, dtype=torch.float32),
-    ])
+    return Compose(
+        [
+            LoadImaged(keys=list(keys), image_only=True),
+            EnsureChannelFirstd(keys=list(keys)),
+            EnsureTyped(keys=list(keys), device=device, track_meta=True),
+            Spacingd(keys=list(keys), pixdim=settings.spacing, mode=list(modes)),
+            CropForegroundd(
+                keys=list(keys),
+                source_key=image,
+                margin=settings.crop_margin,
+                allow_smaller=True,
+                select_fn=positive_or_all,
+            ),
+            ScaleIntensityRanged(
+                keys=image, a_min=settings.a_min, a_max=settings.a_max, b_min=0.0, b_max=1.0, clip=True
+            ),
+            Orientationd(keys=list(keys), axcodes=settings.axcodes),
+            CastToTyped(keys=image, dtype=torch.float32),
+        ]
+    )
 
 
 def positive_or_all(x: torch.Tensor) -> torch.Tensor:
@@ -114,8 +127,9 @@ def map_points(points: Sequence[Sequence[float]], matrix: np.ndarray) -> np.ndar
     return pts @ matrix[:3, :3].T + matrix[:3, 3]
 
 
-def to_original_grid(labels: torch.Tensor, to_prepared: np.ndarray, shape: Sequence[int],
-                     chunk_voxels: int = 1 << 22) -> np.ndarray:
+def to_original_grid(
+    labels: torch.Tensor, to_prepared: np.ndarray, shape: Sequence[int], chunk_voxels: int = 1 << 22
+) -> np.ndarray:
     """Nearest-neighbour sample preprocessed `labels` [H, W, D] at every original voxel; 0 outside them."""
     shape = tuple(int(s) for s in shape)
     out = torch.zeros(shape, dtype=torch.uint8, device=labels.device)
@@ -124,7 +138,9 @@ def to_original_grid(labels: torch.Tensor, to_prepared: np.ndarray, shape: Seque
     linear = torch.as_tensor(to_prepared[:3, :3], dtype=torch.float64, device=src.device)
     grid_i, grid_j = torch.meshgrid(
         torch.arange(shape[0], device=src.device, dtype=torch.float64),
-        torch.arange(shape[1], device=src.device, dtype=torch.float64), indexing="ij")
+        torch.arange(shape[1], device=src.device, dtype=torch.float64),
+        indexing="ij",
+    )
     plane = grid_i[..., None] * linear[:, 0] + grid_j[..., None] * linear[:, 1]
     plane = plane + torch.as_tensor(to_prepared[:3, 3], dtype=torch.float64, device=src.device)
     step = max(1, chunk_voxels // max(1, shape[0] * shape[1]))
@@ -135,7 +151,7 @@ def to_original_grid(labels: torch.Tensor, to_prepared: np.ndarray, shape: Seque
         inside = ((index >= 0) & (index < limits)).all(-1)
         index = torch.where(inside[..., None], index, torch.zeros_like(index))
         values = src[index[..., 0], index[..., 1], index[..., 2]]
-        out[:, :, start:start + len(ks)] = torch.where(inside, values, torch.zeros_like(values))
+        out[:, :, start : start + len(ks)] = torch.where(inside, values, torch.zeros_like(values))
     return out.cpu().numpy()
 
 

@@ -64,8 +64,9 @@ async def download_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: 
         return buffer.getvalue()
 
     body = await run_in_threadpool(run)
-    return Response(body, media_type="application/gzip",
-                    headers={"Content-Disposition": f'attachment; filename="{jid}.tar.gz"'})
+    return Response(
+        body, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{jid}.tar.gz"'}
+    )
 
 
 @router.get("/{job_id}/logs")

@@ -95,8 +95,12 @@ class LocalRunner:
                     self._procs[row.id] = None
                     log.info("Adopted running job %s (pid %s)", row.id, row.pid)
                 else:
-                    jobs.transition(session, row, JobStatus.ERROR,
-                                    "The job's process is gone (the server or the machine restarted while it ran).")
+                    jobs.transition(
+                        session,
+                        row,
+                        JobStatus.ERROR,
+                        "The job's process is gone (the server or the machine restarted while it ran).",
+                    )
 
     async def _tick(self) -> None:
         ended = await asyncio.to_thread(self._check_running)
@@ -133,7 +137,9 @@ class LocalRunner:
             return
         if outcome is None:
             code = proc.returncode if proc else "unknown"
-            jobs.transition(session, row, JobStatus.ERROR, f"The job's process died (exit code {code}) before it finished.")
+            jobs.transition(
+                session, row, JobStatus.ERROR, f"The job's process died (exit code {code}) before it finished."
+            )
             return
         jobs.merge_result(session, row, outcome.get("result") or {})
         target = JobStatus.DONE if outcome.get("status") == "Done" else JobStatus.ERROR
@@ -158,7 +164,11 @@ class LocalRunner:
         with open(directory / files.LOG, "ab") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "medcloud.jobs.worker", "--job-id", row.id],
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=directory,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=directory,
             )
         self._procs[row.id] = proc
         row.pid, row.started, row.heartbeat = proc.pid, time.time(), time.time()

@@ -18,17 +18,45 @@ log = logging.getLogger(__name__)
 
 def to_out(row: Job) -> JobOut:
     return JobOut(
-        id=row.id, parent_id=row.parent_id, action=row.action, status=row.status, specs=dict(row.specs),
-        name=row.name, description=row.description, result=dict(row.result), experiment_id=row.experiment_id,
-        dataset_id=row.dataset_id, created_on=row.created_on, last_modified=row.last_modified,
+        id=row.id,
+        parent_id=row.parent_id,
+        action=row.action,
+        status=row.status,
+        specs=dict(row.specs),
+        name=row.name,
+        description=row.description,
+        result=dict(row.result),
+        experiment_id=row.experiment_id,
+        dataset_id=row.dataset_id,
+        created_on=row.created_on,
+        last_modified=row.last_modified,
     )
 
 
-def create(session: Session, *, org: str, user_id: str, experiment_id: str, action: str, specs: dict[str, Any],
-           name: str = "", description: str = "", parent_id: str | None = None) -> Job:
-    row = Job(org=org, user_id=user_id, experiment_id=experiment_id, action=action, specs=specs,
-              name=name or f"{action} job", description=description, parent_id=parent_id,
-              status=JobStatus.PENDING.value, result={"detailed_status": {"message": "Waiting to start."}})
+def create(
+    session: Session,
+    *,
+    org: str,
+    user_id: str,
+    experiment_id: str,
+    action: str,
+    specs: dict[str, Any],
+    name: str = "",
+    description: str = "",
+    parent_id: str | None = None,
+) -> Job:
+    row = Job(
+        org=org,
+        user_id=user_id,
+        experiment_id=experiment_id,
+        action=action,
+        specs=specs,
+        name=name or f"{action} job",
+        description=description,
+        parent_id=parent_id,
+        status=JobStatus.PENDING.value,
+        result={"detailed_status": {"message": "Waiting to start."}},
+    )
     session.add(row)
     session.flush()
     return row

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         job = session.get(Job, args.job_id)
         experiment = session.get(Experiment, job.experiment_id) if job else None
     if job is None or experiment is None:
-        files.write_json(directory / files.OUTCOME, {"status": "Error", "message": "The job or its experiment is gone."})
+        files.write_json(
+            directory / files.OUTCOME, {"status": "Error", "message": "The job or its experiment is gone."}
+        )
         return 1
     try:
         result = run_job(ctx, job, experiment)

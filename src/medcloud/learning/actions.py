@@ -80,13 +80,26 @@ def create_job(session: Session, *, experiment: Experiment, request: ExperimentJ
     parent = request.parent_job_id
     if parent is not None:
         try:
-            jobs.get_row(session, org=experiment.org, user_id=experiment.user_id, experiment_id=experiment.id,
-                         job_id=str(uuid.UUID(parent)))
+            jobs.get_row(
+                session,
+                org=experiment.org,
+                user_id=experiment.user_id,
+                experiment_id=experiment.id,
+                job_id=str(uuid.UUID(parent)),
+            )
         except (ValueError, NotFound):
             raise Invalid(f"parent_job_id {parent} is not a job of this experiment.") from None
-    return jobs.create(session, org=experiment.org, user_id=experiment.user_id, experiment_id=experiment.id,
-                       action=request.action.value, specs=specs, name=request.name or "",
-                       description=request.description or "", parent_id=parent)
+    return jobs.create(
+        session,
+        org=experiment.org,
+        user_id=experiment.user_id,
+        experiment_id=experiment.id,
+        action=request.action.value,
+        specs=specs,
+        name=request.name or "",
+        description=request.description or "",
+        parent_id=parent,
+    )
 
 
 def begin_cancel(session: Session, row: Job) -> tuple[str, list[str]]:

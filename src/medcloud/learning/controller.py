@@ -46,9 +46,13 @@ def latest_seq(session: Any, dataset_id: str) -> int:
 
 
 def images_since(session: Any, dataset_id: str, baseline: int) -> set[str]:
-    rows = session.scalars(select(Notification).where(
-        Notification.dataset_id == dataset_id, Notification.seq > baseline,
-        Notification.section.in_(["added", "updated"])))
+    rows = session.scalars(
+        select(Notification).where(
+            Notification.dataset_id == dataset_id,
+            Notification.seq > baseline,
+            Notification.section.in_(["added", "updated"]),
+        )
+    )
     return {row.image_id for row in rows}
 
 
@@ -120,8 +124,9 @@ class AnnotationController:
             return Step(stop=True)
         step = Step()
         if job.status == JobStatus.PENDING:
-            state.update(round=0, baseline=latest_seq(session, self.train_dataset), best_key_metric=None,
-                         train_job=None)
+            state.update(
+                round=0, baseline=latest_seq(session, self.train_dataset), best_key_metric=None, train_job=None
+            )
             jobs.merge_result(session, job, state)
             jobs.transition(session, job, JobStatus.RUNNING, "Waiting for annotations.")
             step.notes.append("Running: waiting for annotations.")
@@ -175,8 +180,16 @@ class AnnotationController:
         specs = {**(job.specs.get("train_spec") or {}), "finetune": True}
         if state["round"] == 0:
             specs["val_at_start"] = True
-        train = jobs.create(session, org=job.org, user_id=job.user_id, experiment_id=experiment.id, action="train",
-                            specs=specs, name=CL_TRAIN_NAME, parent_id=job.id)
+        train = jobs.create(
+            session,
+            org=job.org,
+            user_id=job.user_id,
+            experiment_id=experiment.id,
+            action="train",
+            specs=specs,
+            name=CL_TRAIN_NAME,
+            parent_id=job.id,
+        )
         state["train_job"] = train.id
         state["baseline"] = latest_seq(session, self.train_dataset)
         state["detailed_status"] = {"message": f"Round {state['round'] + 1}: training ({train.id})."}

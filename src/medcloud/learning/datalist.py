@@ -21,8 +21,7 @@ def _objectstore_items(ctx: Context, dataset: Dataset, source: ObjectStoreSource
         label = ctx.cache.get_or_fetch(
             dataset.id, f"label:{image.label_id}", lambda dest, i=image.id: source.fetch_label(i, dest)
         )
-        items.append({"image": str(files[0]), "label": str(label[0]), "image_id": image.id,
-                      "label_id": image.label_id})
+        items.append({"image": str(files[0]), "label": str(label[0]), "image_id": image.id, "label_id": image.label_id})
     return items
 
 
@@ -36,8 +35,9 @@ def labeled_items(ctx: Context, dataset: Dataset, labels: dict[str, str]) -> lis
     return dicomweb_items(ctx, dataset, source, labels)
 
 
-def train_and_validation(ctx: Context, *, train: Dataset, validation: Dataset | None,
-                         labels: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def train_and_validation(
+    ctx: Context, *, train: Dataset, validation: Dataset | None, labels: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     train_items = labeled_items(ctx, train, labels)
     if not train_items:
         raise Invalid(f"Dataset {train.id} has no labeled images to train on.")

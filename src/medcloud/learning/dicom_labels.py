@@ -24,17 +24,24 @@ def _labels_key(labels: dict[str, str]) -> str:
 def _latest_label(ctx: Context, dataset_id: str, image_id: str, segs: list[str]) -> str:
     """The SEG named by the latest `notify` for the image, else the last one the server lists."""
     with ctx.db.session() as session:
-        query = (select(Notification.label_id)
-                 .where(Notification.dataset_id == dataset_id, Notification.image_id == image_id,
-                        Notification.section.in_(["added", "updated"]))
-                 .order_by(Notification.seq.desc()))
+        query = (
+            select(Notification.label_id)
+            .where(
+                Notification.dataset_id == dataset_id,
+                Notification.image_id == image_id,
+                Notification.section.in_(["added", "updated"]),
+            )
+            .order_by(Notification.seq.desc())
+        )
         for label_id in session.scalars(query):
             if label_id in segs:
                 return label_id
     return segs[-1]
 
 
-def dicomweb_items(ctx: Context, dataset: Dataset, source: DicomWebSource, labels: dict[str, str]) -> list[dict[str, Any]]:
+def dicomweb_items(
+    ctx: Context, dataset: Dataset, source: DicomWebSource, labels: dict[str, str]
+) -> list[dict[str, Any]]:
     items = []
     for image_id in source.image_ids():
         segs = source.labels_of(image_id)

@@ -22,10 +22,21 @@ from medcloud.jobs.orm import Job
 from medcloud.learning.datalist import train_and_validation
 from medcloud.learning.progress import ProgressReporter
 
-SERVER_KEYS = frozenset({
-    "config_file", "logging_file", "meta_file", "tracking", "num_gpu", "tracking_uri", "experiment_name",
-    "run_name", "save_execute_config", "finetune", "val_at_start",
-})
+SERVER_KEYS = frozenset(
+    {
+        "config_file",
+        "logging_file",
+        "meta_file",
+        "tracking",
+        "num_gpu",
+        "tracking_uri",
+        "experiment_name",
+        "run_name",
+        "save_execute_config",
+        "finetune",
+        "val_at_start",
+    }
+)
 FORBIDDEN_KEYS = frozenset({"bundle_root", "workflow_type", "ckpt_dir", "finetune_model_path"})
 
 
@@ -48,14 +59,19 @@ def experiment_items(ctx: Context, experiment: Experiment) -> tuple[list[dict], 
     return train_and_validation(ctx, train=train, validation=validation, labels=labels)
 
 
-def bundle_overrides(specs: dict[str, Any], *, bundle: Path, results: Path, job_id: str,
-                     train_items: list[dict], val_items: list[dict]) -> dict[str, Any]:
+def bundle_overrides(
+    specs: dict[str, Any], *, bundle: Path, results: Path, job_id: str, train_items: list[dict], val_items: list[dict]
+) -> dict[str, Any]:
     overrides = {k: v for k, v in specs.items() if k not in SERVER_KEYS}
-    overrides.update({
-        "bundle_root": str(bundle), "ckpt_dir": _expr(results / "models"), "output_dir": _expr(results / "eval"),
-        "train#dataset#data": [{"image": i["image"], "label": i["label"]} for i in train_items],
-        "validate#dataset#data": [{"image": i["image"], "label": i["label"]} for i in val_items],
-    })
+    overrides.update(
+        {
+            "bundle_root": str(bundle),
+            "ckpt_dir": _expr(results / "models"),
+            "output_dir": _expr(results / "eval"),
+            "train#dataset#data": [{"image": i["image"], "label": i["label"]} for i in train_items],
+            "validate#dataset#data": [{"image": i["image"], "label": i["label"]} for i in val_items],
+        }
+    )
     if specs.get("tracking") == "mlflow":
         overrides["run_name"] = specs.get("run_name") or job_id
         for key in ("tracking_uri", "experiment_name", "save_execute_config"):
@@ -69,17 +85,23 @@ def _workflow(specs: dict[str, Any], bundle: Path, overrides: dict[str, Any]) ->
     configs = [str(bundle / c) for c in ([configs] if isinstance(configs, str) else configs)]
     logging_conf = bundle / (specs.get("logging_file") or "configs/logging.conf")
     return ConfigWorkflow(
-        config_file=configs, meta_file=str(bundle / (specs.get("meta_file") or "configs/metadata.json")),
+        config_file=configs,
+        meta_file=str(bundle / (specs.get("meta_file") or "configs/metadata.json")),
         logging_file=str(logging_conf) if logging_conf.exists() else False,
-        tracking="mlflow" if specs.get("tracking") == "mlflow" else None, workflow_type="train", **overrides,
+        tracking="mlflow" if specs.get("tracking") == "mlflow" else None,
+        workflow_type="train",
+        **overrides,
     )
 
 
 def _attach_progress(trainer: Any, evaluator: Any, reporter: ProgressReporter) -> None:
     def report(engine: Any) -> None:
         best = getattr(evaluator.state, "best_metric", None) if evaluator is not None else None
-        reporter.update(epoch=engine.state.epoch, cur_iter=engine.state.iteration,
-                        key_metric=None if best is None or best == -1 else float(best))
+        reporter.update(
+            epoch=engine.state.epoch,
+            cur_iter=engine.state.iteration,
+            key_metric=None if best is None or best == -1 else float(best),
+        )
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, report)
 
@@ -87,8 +109,9 @@ def _attach_progress(trainer: Any, evaluator: Any, reporter: ProgressReporter) -
 def run_bundle_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
     specs, bundle, results = dict(job.specs), Path(experiment.bundle_dir), job_dir / "results"
     train_items, val_items = experiment_items(ctx, experiment)
-    overrides = bundle_overrides(specs, bundle=bundle, results=results, job_id=job.id,
-                                 train_items=train_items, val_items=val_items)
+    overrides = bundle_overrides(
+        specs, bundle=bundle, results=results, job_id=job.id, train_items=train_items, val_items=val_items
+    )
     workflow = _workflow(specs, bundle, overrides)
     workflow.initialize()
     parser = workflow.parser
@@ -108,8 +131,12 @@ def run_bundle_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir:
     (results / "configs" / "datalist.json").write_text(json.dumps({"training": train_items, "validation": val_items}))
     best = getattr(evaluator.state, "best_metric", -1) if evaluator is not None else -1
     best_epoch = getattr(evaluator.state, "best_metric_epoch", -1) if evaluator is not None else -1
-    result = {"epoch": int(best_epoch), "key_metric": float(best), "max_epoch": int(trainer.state.max_epochs),
-              "checkpoint": "results/models/model.pt"}
+    result = {
+        "epoch": int(best_epoch),
+        "key_metric": float(best),
+        "max_epoch": int(trainer.state.max_epochs),
+        "checkpoint": "results/models/model.pt",
+    }
     if start_metric is not None:
         result["start_key_metric"] = start_metric
     return result

@@ -6,16 +6,18 @@ import numpy as np
 import torch
 
 
-def training_batch(volumes: list[tuple[torch.Tensor, torch.Tensor]], size: int,
-                    rs: np.random.RandomState) -> tuple[torch.Tensor, torch.Tensor]:
+def training_batch(
+    volumes: list[tuple[torch.Tensor, torch.Tensor]], size: int, rs: np.random.RandomState
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two patches [2, 1, size³]: one around a sphere (for the clicks), one anywhere (mostly background)."""
     first = random_patch(*volumes[rs.randint(len(volumes))], size, rs, around_foreground=True)
     second = random_patch(*volumes[rs.randint(len(volumes))], size, rs, around_foreground=False)
     return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
 
 
-def random_patch(image: torch.Tensor, label: torch.Tensor, size: int, rs: np.random.RandomState,
-                  around_foreground: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def random_patch(
+    image: torch.Tensor, label: torch.Tensor, size: int, rs: np.random.RandomState, around_foreground: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A [1, 1, size³] patch, around a foreground voxel or anywhere; padded where the volume is small."""
     pad = [(0, max(0, size - s)) for s in image.shape[1:]]
     flat = [p for pair in reversed(pad) for p in pair]

@@ -49,7 +49,9 @@ def mean_dice(predictor: Vista3dPredictor, items: list[dict], classes: list[int]
 class Vista3dFineTuner:
     """Patches, losses and optimiser of one fine-tuning run."""
 
-    def __init__(self, predictor: Vista3dPredictor, items: list[dict], classes: list[int], lr: float, seed: int) -> None:
+    def __init__(
+        self, predictor: Vista3dPredictor, items: list[dict], classes: list[int], lr: float, seed: int
+    ) -> None:
         self.network = predictor.network
         self.patch = int(predictor.roi_size[0])
         self.classes = classes
@@ -75,8 +77,11 @@ class Vista3dFineTuner:
             mask = (y[:1] == c).float()
             points, labels = sample_clicks(mask[0, 0], self.rs)
             point_logits = self.network.point_head(out[:1], points, labels, class_vector=torch.tensor([[c]] * 2))
-            loss = loss + self.dice(point_logits, mask.expand(2, -1, -1, -1, -1)) + self.bce(
-                point_logits, mask.expand(2, -1, -1, -1, -1))
+            loss = (
+                loss
+                + self.dice(point_logits, mask.expand(2, -1, -1, -1, -1))
+                + self.bce(point_logits, mask.expand(2, -1, -1, -1, -1))
+            )
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -123,8 +128,13 @@ def run_vista3d_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir
     if best_epoch < 0:
         torch.save(predictor.network.state_dict(), results / "model.pt")
     tracker.close()
-    result = {"epoch": best_epoch, "key_metric": best, "max_epoch": epochs, "classes": classes,
-              "checkpoint": "results/models/model.pt"}
+    result = {
+        "epoch": best_epoch,
+        "key_metric": best,
+        "max_epoch": epochs,
+        "classes": classes,
+        "checkpoint": "results/models/model.pt",
+    }
     if start is not None:
         result["start_key_metric"] = start
     return result

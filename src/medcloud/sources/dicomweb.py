@@ -35,16 +35,23 @@ OPEN_READ_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
 DEFAULT_FILTERS = "Modality=CT"
 NOT_IMAGES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "REG", "RTPLAN", "DOC"}
-META_TAGS = {"SeriesInstanceUID": "0020000E", "StudyInstanceUID": "0020000D", "StudyDate": "00080020",
-             "StudyTime": "00080030", "Modality": "00080060", "PatientID": "00100020"}
+META_TAGS = {
+    "SeriesInstanceUID": "0020000E",
+    "StudyInstanceUID": "0020000D",
+    "StudyDate": "00080020",
+    "StudyTime": "00080030",
+    "Modality": "00080060",
+    "PatientID": "00100020",
+}
 _QIDO_PARAMS = {"fuzzymatching", "includefield"}
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _ACCEPT_DICOM = 'multipart/related; type="application/dicom"'
 
 
-def parse_dicomweb_url(client_url: str, client_id: str | None,
-                       client_secret: str | None) -> tuple[str, tuple[str, str] | None]:
+def parse_dicomweb_url(
+    client_url: str, client_id: str | None, client_secret: str | None
+) -> tuple[str, tuple[str, str] | None]:
     """(the DICOMweb root without credentials, query or trailing slash; Basic-auth pair or None)."""
     parts = urlsplit((client_url or "").strip())
     netloc = parts.netloc.rsplit("@", 1)[-1]
@@ -105,8 +112,9 @@ def dicomweb_errors(url: str, *, fault: type[MedcloudError] = Unavailable) -> It
             raise Invalid(f"The DICOMweb server at {url} rejected the credentials.") from None
         raise fault(f"The DICOMweb server at {url} answered HTTP {status}.") from None
     except (requests.exceptions.RequestException, ValueError) as exc:
-        raise fault(f"The DICOMweb server at {url} sent an answer that is not DICOMweb "
-                    f"({type(exc).__name__}).") from None
+        raise fault(
+            f"The DICOMweb server at {url} sent an answer that is not DICOMweb ({type(exc).__name__})."
+        ) from None
 
 
 def _is_uid(text: object) -> bool:
@@ -125,8 +133,9 @@ def _value(item: dict[str, Any], tag: str) -> str:
 
 def _referenced_series(instances: list[dict[str, Any]]) -> frozenset[str]:
     """SeriesInstanceUIDs in the ReferencedSeriesSequence (0008,1115) of DICOM JSON instances."""
-    refs = {_value(entry, "0020000E") for item in instances
-            for entry in (item.get("00081115") or {}).get("Value") or []}
+    refs = {
+        _value(entry, "0020000E") for item in instances for entry in (item.get("00081115") or {}).get("Value") or []
+    }
     return frozenset(refs - {"UNK"})
 
 
@@ -141,8 +150,9 @@ class DicomWebSource:
         self._seg_refs: dict[str, frozenset[str]] = {}  # SEG series uid -> referenced series uids
 
     @classmethod
-    def open(cls, client_url: str, client_id: str | None, client_secret: str | None, *,
-             filters: str | None = None) -> DicomWebSource:
+    def open(
+        cls, client_url: str, client_id: str | None, client_secret: str | None, *, filters: str | None = None
+    ) -> DicomWebSource:
         """Connect and check the root answers QIDO with these credentials and filters (in seconds)."""
         url, auth = parse_dicomweb_url(client_url, client_id, client_secret)
         query = parse_filters(filters)
@@ -157,18 +167,22 @@ class DicomWebSource:
         """QIDO searches without, then with the filters; `Invalid` unless both get DICOM JSON back."""
         status = self._qido_status({})
         if status is not None:
-            raise Invalid(f"{self.url} is not a DICOMweb root: a QIDO search for series there answered "
-                          f"HTTP {status} without DICOM JSON.")
+            raise Invalid(
+                f"{self.url} is not a DICOMweb root: a QIDO search for series there answered "
+                f"HTTP {status} without DICOM JSON."
+            )
         status = self._qido_status(self._query)
         if status is not None:
-            raise Invalid(f"The DICOMweb server at {self.url} rejected the filters as a QIDO query "
-                          f"(HTTP {status}).")
+            raise Invalid(f"The DICOMweb server at {self.url} rejected the filters as a QIDO query (HTTP {status}).")
 
     def _qido_status(self, query: dict[str, str]) -> int | None:
         """None when a one-result QIDO series search answers DICOM JSON (or no content), else its status."""
-        response = self._session.get(f"{self.url}/series", params={**query, "limit": "1"},
-                                     headers={"Accept": "application/dicom+json, application/json"},
-                                     timeout=(CONNECT_TIMEOUT_S, OPEN_READ_TIMEOUT_S))
+        response = self._session.get(
+            f"{self.url}/series",
+            params={**query, "limit": "1"},
+            headers={"Accept": "application/dicom+json, application/json"},
+            timeout=(CONNECT_TIMEOUT_S, OPEN_READ_TIMEOUT_S),
+        )
         if response.status_code in (401, 403):
             raise Invalid(f"The DICOMweb server at {self.url} rejected the credentials.")
         kind = response.headers.get("Content-Type", "").lower()
@@ -182,8 +196,11 @@ class DicomWebSource:
         fuzzy = params.pop("fuzzymatching", "").lower()
         with dicomweb_errors(self.url):
             return self._client.search_for_series(
-                search_filters=params, fields=fields, get_remaining=True,
-                fuzzymatching=True if fuzzy == "true" else None)
+                search_filters=params,
+                fields=fields,
+                get_remaining=True,
+                fuzzymatching=True if fuzzy == "true" else None,
+            )
 
     def _images(self, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
         rows = self._search({**self._query, **(extra or {})})
@@ -244,9 +261,12 @@ class DicomWebSource:
         folder.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
         with dicomweb_errors(self.url):
-            response = self._session.get(f"{self.url}/studies/{study_uid}/series/{series_uid}",
-                                         headers={"Accept": _ACCEPT_DICOM}, stream=True,
-                                         timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+            response = self._session.get(
+                f"{self.url}/studies/{study_uid}/series/{series_uid}",
+                headers={"Accept": _ACCEPT_DICOM},
+                stream=True,
+                timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+            )
             response.raise_for_status()
             for n, part in enumerate(self._client._decode_multipart_message(response, stream=True)):
                 data = as_part10(bytes(part))
@@ -269,11 +289,9 @@ class DicomWebSource:
             raise Invalid(f"Series {image_id} cannot be read as a volume: {exc}") from None
         return [write_nifti(volume, dest_dir / f"{image_id}.nii.gz"), *files]
 
-    def fetch_label(self, seg_series_uid: str, image: SeriesVolume, labels: dict[str, str],
-                    dest: Path) -> Path:
+    def fetch_label(self, seg_series_uid: str, image: SeriesVolume, labels: dict[str, str], dest: Path) -> Path:
         """The SEG as a uint8 label NIfTI on `image`'s grid; `dest` is a `.nii[.gz]` file or a folder."""
-        rows = self._search({"Modality": "SEG", "SeriesInstanceUID": seg_series_uid}) if _is_uid(
-            seg_series_uid) else []
+        rows = self._search({"Modality": "SEG", "SeriesInstanceUID": seg_series_uid}) if _is_uid(seg_series_uid) else []
         if not rows:
             raise Invalid(f"Label {seg_series_uid} is not a DICOM SEG series of the dataset.")
         dest = Path(dest)

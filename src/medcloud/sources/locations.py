@@ -253,5 +253,3 @@ def resolve_root(
     if path.startswith("..") or path == "." or (location.protocol != "file" and path.startswith("/")):
         raise Invalid(f"The manifest's root_path {root_path!r} is outside the storage of {location.url}.")
     return path
-
-
