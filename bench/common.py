@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))  # the real-service starters (Orthanc) the tests use
 
-from medcloud.devserver import Server, create_key
+from medcloud.devserver import Server, create_key  # noqa: E402  (after the sys.path set-up)
 
 ORG = "bench"
 
