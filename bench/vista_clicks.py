@@ -1,0 +1,57 @@
+"""Second click vs first click: VISTA-3D point prompts on the same image, through the model host.
+
+Uses a full-size `vista3d132` (random weights: speed does not depend on them) in the official bundle
+layout, on a 128³ CT region, driven through the same HostManager the server uses. The first click
+loads and encodes the image; later clicks on the same series reuse the image and its embedding.
+The last line is the ratio second / first (goal <= 0.5). `--small` uses the small test network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from medcloud.demo.synthetic import write_synthetic_ct
+from medcloud.demo.vista3d import make_vista3d_bundle
+from medcloud.inference.hosts import HostManager, HostSpec
+
+
+async def run(small: bool, clicks: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        bundle = make_vista3d_bundle(work, train=False, full_size=not small)
+        # 128³ voxels at 1.5 mm: one 128³ window after the official resampling
+        image, label = write_synthetic_ct(work / "ct.nii.gz", work / "label.nii.gz", seed=3, shape=(128, 128, 128),
+                                          spacing=(1.5, 1.5, 1.5), rad_max=30, rad_min=20)
+        hosts = HostManager(work / "hosts")
+        spec = HostSpec(experiment_id="clicks", kind="vista3d", bundle_dir=str(bundle), labels={"3": "spleen"})
+        started = time.perf_counter()
+        await hosts.start(spec, timeout=1800)
+        print(f"host start (load weights, warm up): {time.perf_counter() - started:.1f} s")
+        points: list[list[int]] = []
+        times = []
+        for index in range(clicks):
+            points.append([64 + 3 * index, 64, 64])  # the annotator adds a click each time, OHIF-style
+            started = time.perf_counter()
+            await hosts.infer(spec, image=str(image), timeout=1800,
+                              params={"points": points, "point_labels": [1] * len(points), "label_prompt": [3]})
+            times.append(time.perf_counter() - started)
+            print(f"click {index + 1}: {times[-1]:.2f} s")
+        await hosts.stop_all()
+    network = "small VISTA3D" if small else "full-size vista3d132"
+    print(f"RATIO second/first click ({network}, 128^3): {times[1] / times[0]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--small", action="store_true")
+    parser.add_argument("--clicks", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(run(args.small, args.clicks))
+
+
+if __name__ == "__main__":
+    main()
