@@ -72,6 +72,7 @@ def test_train_job_runs_the_bundle_and_reports_its_best_epoch(api, local_dataset
     assert f"{job_id}/results/configs/train_resolved.json" in names
     listed = api.get(f"experiments/{exp['id']}/jobs").json()["jobs"]
     assert [j["id"] for j in listed] == [job_id]
+    assert api.get(f"experiments/{exp['id']}").json()["jobs"] == [job_id]
     cancel = api.post(f"experiments/{exp['id']}/jobs/{job_id}:cancel")
     assert cancel.status_code == 200 and "already ended" in cancel.json()["message"]
     assert api.delete(f"experiments/{exp['id']}/jobs/{job_id}").status_code == 200
@@ -190,3 +191,17 @@ def test_job_ids_unknown_foreign_or_malformed(api, local_dataset, demo_zips):
     assert api.post(f"{base}/{UNKNOWN}:cancel").status_code == 404
     assert api.get(f"{base}/{UNKNOWN}:download").status_code == 404
     assert api.get(base, user="bob").status_code == 404
+
+
+def test_results_go_to_inline_cloud_details_of_older_clients(api, local_dataset, demo_zips, s3_server):
+    client = s3_client(s3_server)
+    client.create_bucket(Bucket="inlineresults")
+    exp = seg_experiment(api, local_dataset, demo_zips, cloud_details={
+        "cloud_type": "aws", "cloud_specific_details": {
+            "cloud_bucket_name": "inlineresults", "access_key": s3_server.key, "secret_key": s3_server.secret,
+            "endpoint_url": s3_server.endpoint_url}})
+    assert s3_server.secret not in str(exp)
+    job_id = start(api, exp, {"epochs": 1})
+    assert wait_status(api, exp, job_id, {"Done", "Error"})["status"] == "Done"
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="inlineresults")["Contents"]}
+    assert f"results/{job_id}/models/model.pt" in keys

@@ -43,7 +43,7 @@ def list_base_experiments(request: Request, caller: CallerDep) -> dict:
 def list_experiments(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
     with ctx.db.session() as session:
         items = [
-            service.to_out(r).model_dump(mode="json")
+            service.to_out(r, service.job_ids(session, r.id)).model_dump(mode="json")
             for r in service.list_rows(session, org=caller.org, user_id=caller.user_id)
         ]
     if request.query_params.get("user_only", "false").lower() != "true":
@@ -105,6 +105,7 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
 def _seal_cloud_details(ctx: Context, row: Experiment, body: ExperimentCreate) -> None:
     """Inline storage of older clients: secrets sealed, the rest kept as given."""
     details = dict(body.cloud_details or {})
+    details.update(details.pop("cloud_specific_details", None) or {})  # the workspace shape, inline
     secret_keys = {"access_key", "secret_key", "account_key", "client_secret", "credentials"}
     row.cloud_details = {k: v for k, v in details.items() if k not in secret_keys}
     row.sealed_cloud_secrets = ctx.box.seal({k: v for k, v in details.items() if k in secret_keys})
@@ -124,7 +125,7 @@ def get_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
         return base.model_dump(mode="json")
     with ctx.db.session() as session:
         row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
-        return service.to_out(row).model_dump(mode="json")
+        return service.to_out(row, service.job_ids(session, eid)).model_dump(mode="json")
 
 
 @router.patch("/experiments/{experiment_id}")
@@ -136,7 +137,7 @@ async def patch_experiment(experiment_id: str, request: Request, caller: CallerD
         with ctx.db.session() as session:
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
             stopped = service.apply_patch(session, row=row, body=body)
-            return service.to_out(row).model_dump(mode="json"), stopped
+            return service.to_out(row, service.job_ids(session, eid)).model_dump(mode="json"), stopped
 
     out, stopped = await run_in_threadpool(run)
     if stopped:

@@ -24,6 +24,13 @@ from medcloud.workspaces.orm import Workspace
 CUSTOM_ACTIONS = ["train", "inference", "annotation", "batchinfer"]
 
 
+def job_ids(session: Session, experiment_id: str) -> list[str]:
+    from medcloud.jobs.orm import Job
+
+    query = select(Job.id).where(Job.experiment_id == experiment_id).order_by(Job.created_on)
+    return list(session.scalars(query))
+
+
 def to_out(row: Experiment, jobs: list[str] | None = None) -> ExperimentOut:
     """The API shape; `jobs` are the ids of the experiment's jobs when the caller loaded them."""
     return ExperimentOut(

@@ -29,6 +29,7 @@ from medcloud.jobs.states import JobStatus
 
 log = logging.getLogger(__name__)
 PROCESS_ACTIONS = ("train", "batchinfer")
+HEARTBEAT_S = 5.0
 JobEnded = Callable[[str], Awaitable[None]]
 
 
@@ -124,6 +125,8 @@ class LocalRunner:
                 if row is not None and progress and progress != {k: row.result.get(k) for k in progress}:
                     jobs.merge_result(session, row, progress)
                 if alive:
+                    if row is not None and time.time() - (row.heartbeat or 0) >= HEARTBEAT_S:
+                        row.heartbeat = time.time()  # the process was seen alive: GET .../jobs/{id} shows it
                     continue
                 self._procs.pop(job_id)
                 if row is not None:

@@ -19,5 +19,6 @@ class JobOut(BaseModel):
     result: dict[str, Any]
     experiment_id: str | None
     dataset_id: str | None
+    heartbeat: float | None = None  # Unix time the runner last saw the job's process alive
     created_on: datetime
     last_modified: datetime

@@ -25,7 +25,7 @@ def to_out(row: Job) -> JobOut:
         specs=dict(row.specs),
         name=row.name,
         description=row.description,
-        result=dict(row.result),
+        result=dict(row.result), heartbeat=row.heartbeat,
         experiment_id=row.experiment_id,
         dataset_id=row.dataset_id,
         created_on=row.created_on,
