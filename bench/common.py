@@ -53,7 +53,7 @@ class Client:
         resp.raise_for_status()
         return resp.json()["id"]
 
-    def realtime_experiment(self, dataset_id: str, bundle: Path, timeout: int = 600) -> tuple[str, float]:
+    def realtime_experiment(self, dataset_id: str, bundle: Path, timeout: int = 600, **extra) -> tuple[str, float]:
         """Create a real-time experiment; return its id and how long the POST took."""
         started = time.perf_counter()
         resp = self.http.post(
@@ -65,6 +65,7 @@ class Client:
                 "realtime_infer": True,
                 "realtime_infer_request_timeout": timeout,
                 "bundle_url": str(bundle),
+                **extra,
             },
         )
         resp.raise_for_status()

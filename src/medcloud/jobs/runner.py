@@ -62,8 +62,10 @@ class LocalRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._lock = threading.Lock()
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._reap_or_adopt)
         self._task = asyncio.create_task(self._loop())
 
@@ -73,6 +75,12 @@ class LocalRunner:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _wake_on_exit(self, proc: subprocess.Popen) -> None:
+        """A process ending is an event: record it now rather than at the next periodic look."""
+        proc.wait()
+        if self._event_loop is not None and not self._event_loop.is_closed():
+            self._event_loop.call_soon_threadsafe(self._wake.set)
 
     async def _loop(self) -> None:
         while True:
@@ -174,6 +182,7 @@ class LocalRunner:
                 cwd=directory,
             )
         self._procs[row.id] = proc
+        threading.Thread(target=self._wake_on_exit, args=(proc,), daemon=True).start()
         row.pid, row.started, row.heartbeat = proc.pid, time.time(), time.time()
         jobs.transition(session, row, JobStatus.RUNNING, "Running.")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from typing import Any
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    log.info("Job %s: worker started", args.job_id)
     ctx = Context.build(Settings())
     directory = files.job_dir(ctx.settings.data_dir, args.job_id)
     with ctx.db.session() as session:
@@ -72,4 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written: skip the interpreter's slow teardown (torch, CUDA) so the runner sees the end at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)

@@ -8,6 +8,8 @@ and per-epoch progress goes to `progress.json` for the runner.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from medcloud.jobs.orm import Job
 from medcloud.learning.datalist import train_and_validation
 from medcloud.learning.progress import ProgressReporter
 
+log = logging.getLogger(__name__)
 SERVER_KEYS = frozenset(
     {
         "config_file",
@@ -108,12 +111,17 @@ def _attach_progress(trainer: Any, evaluator: Any, reporter: ProgressReporter) -
 
 def run_bundle_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
     specs, bundle, results = dict(job.specs), Path(experiment.bundle_dir), job_dir / "results"
+    started = time.perf_counter()
     train_items, val_items = experiment_items(ctx, experiment)
+    log.info("Data lists ready in %.1f s: %d training, %d validation images", time.perf_counter() - started,
+             len(train_items), len(val_items))
     overrides = bundle_overrides(
         specs, bundle=bundle, results=results, job_id=job.id, train_items=train_items, val_items=val_items
     )
+    started = time.perf_counter()
     workflow = _workflow(specs, bundle, overrides)
     workflow.initialize()
+    log.info("Bundle workflow initialised in %.1f s", time.perf_counter() - started)
     parser = workflow.parser
     trainer = parser.get_parsed_content("train#trainer")
     evaluator = parser.get_parsed_content("validate#evaluator") if val_items and "validate" in parser else None
