@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import JSON, DateTime, Engine, String, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, String, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from medcloud.errors import NotFound
@@ -59,6 +60,8 @@ def get_owned(session: Session, model: type[OwnedRow], row_id: str, *, org: str,
 def make_engine(url: str) -> Engine:
     """Create the engine; SQLite gets WAL and a busy timeout so threads share it safely."""
     is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        _private_sqlite_file(url)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
@@ -74,6 +77,18 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
     return engine
+
+
+def _private_sqlite_file(url: str) -> None:
+    """The database file (and so its -wal/-shm, which SQLite creates alike) readable by the server alone."""
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(database, 0o600)
+    for extra in (f"{database}-wal", f"{database}-shm"):
+        if os.path.exists(extra):
+            os.chmod(extra, 0o600)
 
 
 def create_schema(engine: Engine) -> None:

@@ -52,6 +52,18 @@ def create_key(data_dir: Path, org: str, user: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def _sandbox_reachable(data_dir: Path) -> None:
+    """Tests keep data dirs in private temp folders: let the sandbox group pass through them (as root)."""
+    import grp
+
+    from medcloud.sandbox import grant_traversal
+
+    with contextlib.suppress(KeyError, OSError, subprocess.CalledProcessError):
+        if os.geteuid() == 0:
+            grp.getgrnam("medcloud-model")
+            grant_traversal(data_dir.parent, "medcloud-model")
+
+
 def _ready(url: str, proc: subprocess.Popen) -> bool:
     if proc.poll() is not None:
         raise RuntimeError(f"medcloud serve exited with {proc.returncode}")
@@ -66,6 +78,7 @@ def medcloud_serve(data_dir: Path, env: dict[str, str] | None = None, timeout_s:
     """Run `medcloud serve --no-demo` until the block ends; its model hosts stop with it."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
+    _sandbox_reachable(data_dir)
     log = data_dir / "serve.log"
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from medcloud.confined import open_regular
+
 LOG = "logs.txt"
 PROGRESS = "progress.json"
 OUTCOME = "outcome.json"
@@ -27,8 +29,11 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
+    """A small JSON object written by a job (maybe by model code: links and huge files are refused)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        with open_regular(path, path.parent) as handle:
+            value = json.loads(handle.read(max_bytes + 1)[: max_bytes + 1])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
+    return value if isinstance(value, dict) else None

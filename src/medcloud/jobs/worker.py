@@ -1,8 +1,11 @@
 """The job process: `python -m medcloud.jobs.worker --job-id ID` runs one train or batchinfer job.
 
-It reads its job, experiment and datasets from the database (never writes them), does the work in
-`<data>/jobs/<id>/results/`, uploads that folder to the experiment's workspace when it has one, and
-reports through `progress.json` and finally `outcome.json`, which the runner turns into a status.
+It is medcloud's own code and trusted: it reads its job, experiment and datasets from the database
+(never writes them), stages the inputs into the job folder (`learning/staging.py`), then runs the
+bundle's code in a separate model process inside the experiment's sandbox (`jobs/model_run.py`: a
+scrubbed environment, its own uid on a root server), uploads `results/` to the experiment's workspace,
+and reports through `progress.json` (written by the model process) and finally `outcome.json`, which
+the runner turns into a status.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from medcloud.config import Settings
@@ -20,21 +25,37 @@ from medcloud.errors import MedcloudError
 from medcloud.experiments.orm import Experiment
 from medcloud.jobs import files
 from medcloud.jobs.orm import Job
+from medcloud.jobs.spec import MODEL_RESULT, SPEC
 
 log = logging.getLogger("medcloud.worker")
 
 
-def run_job(ctx: Context, job: Job, experiment: Experiment) -> dict[str, Any]:
-    directory = files.job_dir(ctx.settings.data_dir, job.id)
-    if job.action == "train":
-        from medcloud.learning.train import run_train
+def run_model_process(ctx: Context, *, experiment_id: str, job_dir: Path) -> dict[str, Any]:
+    """Run `medcloud.jobs.model_run` in the experiment's sandbox; its outcome, or an Error one."""
+    (job_dir / MODEL_RESULT).unlink(missing_ok=True)
+    process = ctx.sandbox.popen_kwargs(experiment_id=experiment_id, home=job_dir)
+    # Same process group as this worker: cancelling the job kills both.
+    code = subprocess.call(
+        [ctx.settings.host_python or sys.executable, "-m", "medcloud.jobs.model_run", "--job-dir", str(job_dir)],
+        stdout=sys.stdout.fileno(),
+        stderr=subprocess.STDOUT,
+        **process,
+    )
+    outcome = files.read_json(job_dir / MODEL_RESULT)
+    if outcome is None:
+        return {"status": "Error", "message": f"The model process died (exit code {code}) before it finished."}
+    return outcome
 
-        return run_train(ctx, job=job, experiment=experiment, job_dir=directory)
-    if job.action == "batchinfer":
-        from medcloud.learning.batch import run_batchinfer
 
-        return run_batchinfer(ctx, job=job, experiment=experiment, job_dir=directory)
-    raise ValueError(f"unknown job action {job.action!r}")
+def run_job(ctx: Context, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
+    from medcloud.learning.staging import stage_job
+
+    spec = stage_job(ctx, job=job, experiment=experiment, job_dir=job_dir)
+    spec.write(job_dir / SPEC)
+    outcome = run_model_process(ctx, experiment_id=experiment.id, job_dir=job_dir)
+    if outcome.get("status") == "Done":
+        return {"status": "Done", "message": "Done.", "result": outcome.get("result") or {}}
+    return {"status": "Error", "message": outcome.get("message") or "The job failed."}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
-        result = run_job(ctx, job, experiment)
-        outcome = {"status": "Done", "message": "Done.", "result": result}
+        outcome = run_job(ctx, job, experiment, directory)
     except MedcloudError as exc:
         log.error("Job failed: %s", exc.message)
         outcome = {"status": "Error", "message": exc.message}
@@ -75,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    # Everything is written: skip the interpreter's slow teardown (torch, CUDA) so the runner sees the end at once.
+    # Everything is written: skip the interpreter's slow teardown so the runner sees the end at once.
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)

@@ -17,11 +17,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from medcloud.context import Context
-from medcloud.datasets.orm import Dataset
-from medcloud.experiments.orm import Experiment
-from medcloud.jobs.orm import Job
-from medcloud.learning.datalist import train_and_validation
+from medcloud.jobs.spec import JobSpec
 from medcloud.learning.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -52,14 +48,6 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 def _expr(path: Path) -> str:
     """A path as a config expression (a plain string breaks MONAI's MLflow config artifact)."""
     return "$" + repr(str(path))
-
-
-def experiment_items(ctx: Context, experiment: Experiment) -> tuple[list[dict], list[dict]]:
-    labels = (experiment.model_params or {}).get("labels") or {}
-    with ctx.db.session() as session:
-        train = session.get(Dataset, experiment.train_datasets[0])
-        validation = session.get(Dataset, experiment.eval_dataset) if experiment.eval_dataset else None
-    return train_and_validation(ctx, train=train, validation=validation, labels=labels)
 
 
 def bundle_overrides(
@@ -109,14 +97,11 @@ def _attach_progress(trainer: Any, evaluator: Any, reporter: ProgressReporter) -
     trainer.add_event_handler(Events.EPOCH_COMPLETED, report)
 
 
-def run_bundle_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
-    specs, bundle, results = dict(job.specs), Path(experiment.bundle_dir), job_dir / "results"
-    started = time.perf_counter()
-    train_items, val_items = experiment_items(ctx, experiment)
-    log.info("Data lists ready in %.1f s: %d training, %d validation images", time.perf_counter() - started,
-             len(train_items), len(val_items))
+def run_bundle_train(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
+    specs, bundle, results = dict(spec.specs), Path(spec.bundle_dir), job_dir / "results"
+    train_items, val_items = spec.train_items, spec.val_items
     overrides = bundle_overrides(
-        specs, bundle=bundle, results=results, job_id=job.id, train_items=train_items, val_items=val_items
+        specs, bundle=bundle, results=results, job_id=spec.job_id, train_items=train_items, val_items=val_items
     )
     started = time.perf_counter()
     workflow = _workflow(specs, bundle, overrides)
@@ -150,9 +135,9 @@ def run_bundle_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir:
     return result
 
 
-def run_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
-    if experiment.network_arch == "monai_vista3d":
+def run_train(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
+    if spec.network_arch == "monai_vista3d":
         from medcloud.learning.vista3d_train import run_vista3d_train
 
-        return run_vista3d_train(ctx, job=job, experiment=experiment, job_dir=job_dir)
-    return run_bundle_train(ctx, job=job, experiment=experiment, job_dir=job_dir)
+        return run_vista3d_train(spec, job_dir)
+    return run_bundle_train(spec, job_dir)

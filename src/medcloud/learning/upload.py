@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from medcloud.confined import copy_regular, open_regular, regular_files
 from medcloud.context import Context
 from medcloud.experiments.orm import Experiment
 from medcloud.jobs import files
@@ -31,13 +32,17 @@ def upload_results(ctx: Context, *, job: Job, experiment: Experiment, job_dir: P
     """Upload `results/` (with the log copied in); return the remote folder, or None without a workspace."""
     results = job_dir / files.RESULTS
     results.mkdir(parents=True, exist_ok=True)
+    # The model process owned these folders: copy and upload regular files only, never through a link.
     if (job_dir / files.LOG).exists():
-        shutil.copyfile(job_dir / files.LOG, results / files.LOG)
+        copy_regular(job_dir / files.LOG, job_dir, results / files.LOG)
     location = _location(ctx, experiment)
     if location is None:
         return None
     remote = f"{location.root.rstrip('/')}/results/{job.id}"
     fs = location.filesystem()
     with storage_errors(location):
-        fs.put(str(results) + "/", remote, recursive=True)
+        for path in regular_files(results):
+            target = f"{remote}/{path.relative_to(results).as_posix()}"
+            with open_regular(path, results) as src, fs.open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
     return remote

@@ -18,15 +18,12 @@ import numpy as np
 import torch
 from monai.losses import DiceLoss
 
-from medcloud.context import Context
 from medcloud.errors import Invalid
-from medcloud.experiments.orm import Experiment
 from medcloud.inference.vista3d import Vista3dPredictor
 from medcloud.inference.vista3d_transforms import preprocessing
-from medcloud.jobs.orm import Job
+from medcloud.jobs.spec import JobSpec
 from medcloud.learning.progress import ProgressReporter
 from medcloud.learning.tracking import Tracker
-from medcloud.learning.train import experiment_items
 from medcloud.learning.vista3d_patches import sample_clicks, training_batch
 
 
@@ -94,11 +91,10 @@ class Vista3dFineTuner:
         return float(np.mean(losses))
 
 
-def run_vista3d_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
-    specs = dict(job.specs)
-    labels = (experiment.model_params or {}).get("labels") or {}
-    train_items, val_items = experiment_items(ctx, experiment)
-    predictor = Vista3dPredictor(Path(experiment.bundle_dir), labels)
+def run_vista3d_train(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
+    specs, labels = dict(spec.specs), spec.labels
+    train_items, val_items = spec.train_items, spec.val_items
+    predictor = Vista3dPredictor(Path(spec.bundle_dir), labels)
     predictor.load()
     present = set()
     for item in train_items:
@@ -111,7 +107,7 @@ def run_vista3d_train(ctx: Context, *, job: Job, experiment: Experiment, job_dir
     steps = int(specs.get("steps_per_epoch", max(10, 5 * len(train_items))))
     results = job_dir / "results" / "models"
     results.mkdir(parents=True, exist_ok=True)
-    reporter, tracker = ProgressReporter(job_dir, epochs), Tracker.from_specs(specs, run_name=job.id)
+    reporter, tracker = ProgressReporter(job_dir, epochs), Tracker.from_specs(specs, run_name=spec.job_id)
     best, best_epoch, start = -1.0, -1, None
     if specs.get("val_at_start") and val_items:
         best = start = mean_dice(predictor, val_items, classes)
