@@ -18,6 +18,7 @@ from common import percentile, summary
 
 from medcloud.demo.bundles import ensure_demo_bundles
 from medcloud.demo.synthetic import write_synthetic_ct
+from medcloud.config import Settings
 from medcloud.inference.hosts import HostManager, HostSpec
 
 
@@ -52,7 +53,7 @@ async def run(count: int) -> None:
             perturbed = {k: v + 1e-4 * (i + 1) if v.is_floating_point() else v for k, v in state.items()}
             torch.save(perturbed, work / f"round{i}.pt")
             weights.append(work / f"round{i}.pt")
-        hosts = HostManager(work / "hosts")
+        hosts = HostManager(Settings(data_dir=work, model_sandbox="off").resolved())
         spec = HostSpec(experiment_id="bench", kind="bundle", bundle_dir=str(bundle))
         await hosts.start(spec, timeout=300)
         await stream(hosts, spec, image, 3)  # warm

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from medcloud.demo.synthetic import write_synthetic_ct
 from medcloud.demo.vista3d import make_vista3d_bundle
+from medcloud.config import Settings
 from medcloud.inference.hosts import HostManager, HostSpec
 
 
@@ -26,7 +27,7 @@ async def run(small: bool, clicks: int) -> None:
         # 128³ voxels at 1.5 mm: one 128³ window after the official resampling
         image, label = write_synthetic_ct(work / "ct.nii.gz", work / "label.nii.gz", seed=3, shape=(128, 128, 128),
                                           spacing=(1.5, 1.5, 1.5), rad_max=30, rad_min=20)
-        hosts = HostManager(work / "hosts")
+        hosts = HostManager(Settings(data_dir=work, model_sandbox="off").resolved())
         spec = HostSpec(experiment_id="clicks", kind="vista3d", bundle_dir=str(bundle), labels={"3": "spleen"})
         started = time.perf_counter()
         await hosts.start(spec, timeout=1800)

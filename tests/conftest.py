@@ -52,12 +52,34 @@ class Api:
         return self.client.delete(self.url(path, org), headers=self.headers(user), **kw)
 
 
+def sandbox_reachable(data_dir: Path) -> None:
+    """Let model code's users pass through pytest's private temp folders, as set-up does for Python itself."""
+    import grp
+
+    from medcloud.sandbox import grant_traversal
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(KeyError):
+        if os.geteuid() == 0:
+            grp.getgrnam("medcloud-model")
+            grant_traversal(data_dir.parent, "medcloud-model")
+
+
 USERS = {"alice": "acme", "bob": "acme", "eve": "other"}
+# Tests fetch bundles, images, storage (moto, Azurite), DICOMweb (Orthanc) and MLflow from this machine and
+# use local bundle paths: allowed explicitly here, as the server's defaults refuse both. Any setting passed
+# to make_api overrides these.
+LOCAL_TEST_SETTINGS: dict[str, object] = {
+    "egress_allowed_networks": ["127.0.0.0/8", "::1/128"],
+    "bundle_allow_local_paths": True,
+    "bundle_allowed_hosts": ["127.0.0.1", "localhost"],
+}
 
 
 @contextlib.contextmanager
 def make_api(data_dir: Path, **settings: object) -> Iterator[Api]:
-    ctx = Context.build(Settings(data_dir=data_dir, demo=False, **settings))
+    sandbox_reachable(data_dir)
+    ctx = Context.build(Settings(data_dir=data_dir, demo=False, **{**LOCAL_TEST_SETTINGS, **settings}))
     with TestClient(create_app(context=ctx)) as client:
         api = Api(client=client, ctx=ctx)
         for user, org in USERS.items():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,32 +24,73 @@ class Settings(BaseSettings):
         description="Signs tokens and encrypts stored secrets; generated into data_dir when unset.",
     )
     token_ttl_s: int = 24 * 3600
+
+    # Blocking work runs in one bounded pool per kind (medcloud/pools.py), so slow storage or bundle
+    # downloads never queue the token check of other requests.
+    pool_auth_threads: int = Field(default=8, ge=1, description="Token/membership checks and login.")
+    pool_db_threads: int = Field(default=16, ge=1, description="Metadata DB work of plain routes.")
+    pool_files_threads: int = Field(default=8, ge=1, description="Job logs and results, inference outputs.")
+    pool_storage_threads: int = Field(default=16, ge=1, description="Dataset buckets, DICOMweb, image URLs.")
+    pool_bundle_threads: int = Field(default=4, ge=1, description="Bundle downloads and unpacking.")
+    pool_model_threads: int = Field(default=16, ge=1, description="Requests forwarded to model hosts.")
+    pool_storage_deadline_s: float | None = Field(
+        default=300.0, gt=0, description="A request's storage work (queueing included) past this answers 503."
+    )
+    pool_bundle_deadline_s: float | None = Field(
+        default=1800.0, gt=0, description="Fetching a bundle (queueing included) past this answers 503."
+    )
     demo: bool = Field(default=True, description="On `serve`, create the demo org/user/key, dataset and bundles.")
     # The hosted service's default org for MONAI users: the guides' URLs work unchanged against the demo.
     demo_org: str = "iasixjqzw1hj"
     demo_user: str = "demo"
 
-    # A MONAI bundle is code: only these hosts may serve `bundle_url`s ("*" allows any).
+    # A MONAI bundle is code: only these hosts may serve `bundle_url`s, on every redirect hop ("*" allows
+    # any). Only NGC by default: a registry whose publishers are vetted, and which also hosts the MONAI
+    # model zoo (MONAI's own `download(source="monaihosting")` fetches from api.ngc.nvidia.com). github.com,
+    # its release-asset hosts and huggingface.co are left out: anyone can publish a "bundle" there.
     bundle_allowed_hosts: list[str] = Field(
-        default_factory=lambda: [
-            "localhost",
-            "127.0.0.1",
-            "api.ngc.nvidia.com",
-            "github.com",
-            "objects.githubusercontent.com",
-            "huggingface.co",
-        ]
+        default_factory=lambda: ["api.ngc.nvidia.com", "files.ngc.nvidia.com", "xfiles.ngc.nvidia.com"]
     )
-    bundle_allow_local_paths: bool = True
+    bundle_allow_local_paths: bool = Field(
+        default=False, description="Allow `file://` URLs and paths on this server as `bundle_url` (demo, tests)."
+    )
+    bundle_max_files: int = Field(default=20_000, ge=1, description="Most files a bundle may hold (folder or archive).")
+    bundle_cache_max_bytes: int = Field(
+        default=20 * 1024**3, ge=0, description="Downloaded bundle archives kept; least recently used go first."
+    )
     bundle_mirror: str | None = Field(
         default=None,
         description="Local folder (or URL prefix) looked up first for a bundle URL's file name (offline sites).",
     )
     bundle_max_bytes: int = 4 * 1024**3
+    # MONAI runs a config string starting with `$` as Python and resolves `@`/`%` references and `_target_`
+    # components: off, such client values (overrides, bundle_params, train specs) are refused (bundles/overrides.py).
+    allow_expression_overrides: bool = Field(
+        default=False,
+        description="Accept MONAI expressions, references and components in client overrides (trusted clients only).",
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024**2, ge=1024, description="Largest request body accepted (413 above); API bodies are small JSON."
+    )
 
     dataset_allow_local_paths: bool = Field(
-        default=True, description="Allow datasets on the server's own folders (local paths, file:// URLs)."
+        default=True,
+        description="Allow datasets and `local` workspaces on the server's own folders (paths, file:// URLs).",
     )
+    # Every URL a client gives (bundles, inference images, DICOMweb, object-storage endpoints, MLflow,
+    # GCS token_uri) is checked by medcloud/egress.py: http(s) only, and no private, loopback, link-local,
+    # multicast or reserved address unless allowed here.
+    egress_allow_private: bool = Field(default=False, description="Let client URLs reach any address at all.")
+    egress_allowed_networks: list[str] = Field(
+        default_factory=list, description='Networks client URLs may reach besides public ones, e.g. ["10.1.0.0/16"].'
+    )
+    egress_max_bytes: int = Field(default=2 * 1024**3, ge=1, description="Largest image downloaded from a URL.")
+    egress_deadline_s: float = Field(default=900.0, gt=0, description="Longest a download from a client URL may take.")
+    url_image_cache_max_bytes: int = Field(
+        default=10 * 1024**3, ge=0, description="Images fetched from URLs kept in the cache; least recently used go first."
+    )
+    archive_max_unpacked_bytes: int = Field(default=8 * 1024**3, ge=1, description="Most bytes one archive unpacks to.")
+    archive_max_members: int = Field(default=100_000, ge=1, description="Most members one archive may hold.")
     # Sites whose "aws" or "azure" is a self-hosted store (MinIO, Azurite, Azure Stack): the endpoint used for
     # workspaces that name none. The Azure one may contain `{account}`.
     aws_endpoint_url: str | None = None
@@ -60,16 +103,48 @@ class Settings(BaseSettings):
     )
     host_python: str | None = Field(default=None, description="Python that runs model hosts; default ours.")
 
+    # Model code (bundles are code) runs in a sandbox: see medcloud/sandbox.py and docs/security.md.
+    model_sandbox: Literal["auto", "uid", "off"] = Field(
+        default="auto",
+        description="auto: on a root server, each experiment's code runs as its own unprivileged uid when the "
+        "sandbox group exists; uid: the same, and refuse to start without it; off: the server's own user.",
+    )
+    sandbox_group: str = Field(default="medcloud-model", description="Group of sandbox uids (created by set-up).")
+    sandbox_uid_base: int = Field(default=2_100_000_000, ge=1000, description="First uid given to model code.")
+    sandbox_env_passthrough: list[str] = Field(
+        default_factory=list, description="Extra environment variables model code may see (e.g. a proxy)."
+    )
+
     vista3d_bundle: str | None = Field(
         default=None, description="URL or path of a VISTA-3D bundle in the official layout (zip or folder)."
     )
+
+    @field_validator("egress_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # a typo fails at start-up, not at the first download
+        return value
 
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'medcloud.db').resolve()}"
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as `MEDCLOUD_*` variables: how a trusted child process (a job worker) gets them."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value).lower() if isinstance(value, bool) else str(value)
+            env[f"MEDCLOUD_{name.upper()}"] = text
+        return env
+
     def resolved(self) -> Settings:
-        """A copy with `data_dir` absolute and created."""
-        data_dir = self.data_dir.expanduser().resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        """A copy with `data_dir` absolute, created, and closed to other users (`datadir.secure_data_dir`)."""
+        from medcloud.datadir import secure_data_dir
+
+        data_dir = secure_data_dir(self.data_dir.expanduser().resolve())
         return self.model_copy(update={"data_dir": data_dir})

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 from medcloud.config import Settings
 from medcloud.db import Database
+from medcloud.pools import Pools
 from medcloud.secrets import SecretBox, derive_key, load_master_secret
 
 if TYPE_CHECKING:
     from medcloud.inference.hosts import HostManager
     from medcloud.jobs.runner import LocalRunner
     from medcloud.learning.hub import LearningHub
+    from medcloud.sandbox import Sandbox
     from medcloud.sources.cache import ImageCache
 
 
@@ -32,6 +34,18 @@ class Context:
     background: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="medcloud-bg")
     )
+    pools: Pools = field(default=None)  # type: ignore[assignment]  # one bounded pool per kind of blocking work
+
+    def __post_init__(self) -> None:
+        if self.pools is None:
+            self.pools = Pools(self.settings)
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """Who model code runs as (built on first use: it probes the machine once, in a subprocess)."""
+        from medcloud.sandbox import sandbox_for
+
+        return sandbox_for(self.settings)
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
@@ -40,15 +54,18 @@ class Context:
 
         settings = settings.resolved()
         master = load_master_secret(settings.data_dir, settings.secret_key)
+        pools = Pools(settings)
         return cls(
             settings=settings,
             db=Database(settings.sqlalchemy_url),
             box=SecretBox(master),
             signing_key=derive_key(master, "jwt"),
             cache=ImageCache(settings.data_dir / "cache", max_ttl_s=settings.image_cache_max_ttl_s),
-            hosts=HostManager(settings.data_dir / "hosts", settings.host_python),
+            hosts=HostManager(settings, executor=pools.executor("model")),
+            pools=pools,
         )
 
     def close(self) -> None:
         self.background.shutdown(wait=False, cancel_futures=True)
+        self.pools.shutdown()
         self.db.dispose()

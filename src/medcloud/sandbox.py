@@ -228,6 +228,9 @@ class Sandbox:
         env.update(
             {
                 "HOME": str(home),
+                # sandbox uids have no passwd entry; getpass.getuser() (MONAI calls it at import) reads these
+                "USER": self.settings.sandbox_group,
+                "LOGNAME": self.settings.sandbox_group,
                 "TMPDIR": str(tmp),
                 "XDG_CACHE_HOME": str(home / ".cache"),
                 "MPLCONFIGDIR": str(home / ".cache" / "matplotlib"),

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
-import httpx
-
+from medcloud import egress
 from medcloud.archives import ArchiveError, is_archive, safe_extract
 from medcloud.bundles.fetch import fetch_bundle
 from medcloud.bundles.validate import check_bundle, labels_from_metadata
+from medcloud.config import Settings
 from medcloud.context import Context
 from medcloud.datasets import actions as dataset_actions
 from medcloud.datasets import service as datasets
@@ -27,13 +29,24 @@ URL_IMAGES = "url-images"  # cache namespace of images given as URLs
 def prepare_model(
     ctx: Context, *, body: ExperimentCreate, base_row: Experiment | None, exp_dir: Path
 ) -> tuple[str, dict[str, str]]:
-    """Put the experiment's bundle in `exp_dir/bundle` (blocking); return its folder and labels."""
+    """Put the experiment's bundle in `exp_dir/bundle` (blocking); return its folder and labels.
+
+    The folder then belongs to the experiment's sandbox identity: its model code reads it, nobody else's.
+    """
+    bundle_dir, labels = _prepare_bundle(ctx, body=body, base_row=base_row, exp_dir=exp_dir)
+    ctx.sandbox.prepare(exp_dir, experiment_id=exp_dir.name)
+    return bundle_dir, labels
+
+
+def _prepare_bundle(
+    ctx: Context, *, body: ExperimentCreate, base_row: Experiment | None, exp_dir: Path
+) -> tuple[str, dict[str, str]]:
     if body.network_arch == NetworkArch.VISTA3D:
         return prepare_vista3d(ctx, body=body, exp_dir=exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     bundle_dir = exp_dir / "bundle"
     if body.bundle_url:
-        fetch_bundle(body.bundle_url, bundle_dir, ctx.settings)
+        fetch_bundle(body.bundle_url, bundle_dir, ctx.settings, sha256=body.bundle_sha256)
     else:
         assert base_row is not None
         shutil.copytree(base_row.bundle_dir, bundle_dir, symlinks=False)
@@ -80,22 +93,23 @@ def host_spec(row: Experiment) -> HostSpec:
     )
 
 
-def _download_image(url: str, dest: Path) -> list[Path]:
-    """Download an image URL once; zip and tar archives are unpacked (a DICOM series, say)."""
-    name = Path(httpx.URL(url).path).name or "image"
-    target = dest / name
+def _download_image(url: str, dest: Path, settings: Settings) -> list[Path]:
+    """Download an image URL once, under the egress policy; zip and tar archives are unpacked (a DICOM series)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(unquote(egress.split_url(url, what="image URL").path)).name)[-100:]
+    target = dest / (name if name.strip(".") else "image")
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=60) as resp:
-            if resp.status_code != 200:
-                raise Invalid(f"Error: downloading {url} answered HTTP {resp.status_code}.")
-            with open(target, "wb") as out:
-                out.writelines(resp.iter_bytes(1 << 20))
-    except httpx.HTTPError as exc:
-        raise Invalid(f"Error: could not download {url}: {exc}") from None
+        egress.download(url, target, egress.Policy.from_settings(settings), what="image URL")
+    except Invalid as exc:
+        raise Invalid(f"Error: {exc.message}") from None
     if is_archive(target):
         unpacked = dest / "unpacked"
         try:
-            safe_extract(target, unpacked)
+            safe_extract(
+                target,
+                unpacked,
+                max_bytes=settings.archive_max_unpacked_bytes,
+                max_members=settings.archive_max_members,
+            )
         except ArchiveError as exc:
             raise Invalid(f"Error: {exc}") from None
         target.unlink()
@@ -105,20 +119,24 @@ def _download_image(url: str, dest: Path) -> list[Path]:
 
 def resolve_image(ctx: Context, *, row: Experiment, specs: InferenceSpecs) -> str:
     """The local path of the image to infer on (blocking: fetches it unless cached)."""
-    if specs.image.startswith(("http://", "https://")):
+    if specs.image.strip().lower().startswith(("http://", "https://")):
         key = hashlib.sha256(specs.image.encode()).hexdigest()[:32]
-        files = ctx.cache.get_or_fetch(URL_IMAGES, key, lambda dest: _download_image(specs.image, dest))
+        files = ctx.cache.get_or_fetch(URL_IMAGES, key, lambda dest: _download_image(specs.image, dest, ctx.settings))
+        # Anyone may name any URL: the cache of URL images is capped, least recently used evicted first.
+        ctx.cache.trim(URL_IMAGES, ctx.settings.url_image_cache_max_bytes, keep=key)
+        return model_input(files, egress.redact_url(specs.image))
     else:
         dataset_id = specs.dataset_id or row.inference_dataset or (row.train_datasets or [None])[0]
         if not dataset_id:
             raise Invalid("Error: the experiment has no inference_dataset or train dataset; pass specs.dataset_id.")
-        files = ctx.cache.lookup(dataset_id, specs.image)
+        # Ownership before the cache: the cache is shared by all users, keyed by ids any client can send.
+        with ctx.db.session() as session:
+            ds = datasets.get_row(session, org=row.org, user_id=row.user_id, dataset_id=dataset_id)
+        files = ctx.cache.lookup(ds.id, specs.image)
         if files is None:
-            with ctx.db.session() as session:
-                ds = datasets.get_row(session, org=row.org, user_id=row.user_id, dataset_id=dataset_id)
             source = datasets.source_of(ds, ctx.box)
             source.check_image(specs.image)
-            files = dataset_actions.fetch_cached(ctx, dataset_id=dataset_id, image_id=specs.image, source=source)
+            files = dataset_actions.fetch_cached(ctx, dataset_id=ds.id, image_id=specs.image, source=source)
     return model_input(files, specs.image)
 
 

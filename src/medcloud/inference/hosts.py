@@ -8,6 +8,7 @@ request in flight and started again on the next request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -18,14 +19,22 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
+from medcloud.config import Settings
+from medcloud.confined import open_regular
 from medcloud.errors import Invalid, Unavailable
 
+if TYPE_CHECKING:
+    from medcloud.sandbox import Sandbox
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,10 +56,11 @@ class HostDied(Unavailable):
 class ModelHost:
     """One model-host process and the socket to it (blocking methods: call from a thread)."""
 
-    def __init__(self, spec: HostSpec, work_dir: Path, python: str) -> None:
+    def __init__(self, spec: HostSpec, work_dir: Path, python: str, sandbox: Sandbox | None = None) -> None:
         self.spec = spec
         self.work_dir = work_dir
         self.python = python
+        self.sandbox = sandbox
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
 
@@ -68,6 +78,12 @@ class ModelHost:
         spec_path = self.work_dir / "host-spec.json"
         spec_path.write_text(json.dumps(asdict(self.spec)))
         ours, theirs = socket.socketpair()
+        # Model code: a scrubbed environment, and its experiment's own user when the sandbox is active.
+        process = (
+            self.sandbox.popen_kwargs(experiment_id=self.spec.experiment_id, home=self.work_dir)
+            if self.sandbox is not None
+            else {"env": {**os.environ, "PYTHONUNBUFFERED": "1"}}
+        )
         with open(self.work_dir / "host.log", "ab") as log_file:
             self._proc = subprocess.Popen(
                 [self.python, "-m", "medcloud.inference.host", "--fd", str(theirs.fileno()), "--spec", str(spec_path)],
@@ -75,7 +91,7 @@ class ModelHost:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                **process,
             )
         theirs.close()
         self._conn = Connection(ours.detach())
@@ -145,52 +161,94 @@ class ModelHost:
 class HostManager:
     """All model hosts of this server, by experiment id."""
 
-    def __init__(self, root: Path, python: str | None = None) -> None:
-        self.root = root
-        self.python = python or sys.executable
+    def __init__(self, settings: Settings, executor: Executor | None = None) -> None:
+        self.settings = settings
+        self.executor = executor  # the "model" pool (pools.py); None: the default thread pool
+        self.root = settings.data_dir / "hosts"
+        self.python = settings.host_python or sys.executable
         self._hosts: dict[str, ModelHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, experiment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(experiment_id, asyncio.Lock())
 
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking work in the model pool: never queued behind other kinds of work, nor they behind it."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+
     def host(self, experiment_id: str) -> ModelHost | None:
         return self._hosts.get(experiment_id)
 
     async def start(self, spec: HostSpec, timeout: float) -> None:
-        """Start (or restart) the experiment's host and wait until it is warm."""
+        """Start (or restart) the experiment's host and wait until it is warm (`timeout`: for loading)."""
         async with self._lock(spec.experiment_id):
             await self._start_locked(spec, timeout)
 
     async def _start_locked(self, spec: HostSpec, timeout: float) -> ModelHost:
         old = self._hosts.pop(spec.experiment_id, None)
         if old is not None:
-            await asyncio.to_thread(old.stop)
-        host = ModelHost(spec, self.root / spec.experiment_id, self.python)
-        await asyncio.to_thread(host.start, timeout)
+            await self._run(old.stop)
+        host = ModelHost(spec, self.root / spec.experiment_id, self.python, await self._run(self._sandbox))
+        try:
+            await self._run(host.start, timeout)
+        except TimeoutError as exc:
+            raise Unavailable(f"{exc} (the server's MEDCLOUD_HOST_START_TIMEOUT_S)") from None
         self._hosts[spec.experiment_id] = host
         return host
 
     async def infer(
-        self, spec: HostSpec, *, image: str, params: dict[str, Any], timeout: float
-    ) -> list[tuple[str, bytes]]:
-        """Run one request on the warm host (starting it first if it is not running)."""
+        self,
+        spec: HostSpec,
+        *,
+        image: str,
+        params: dict[str, Any],
+        timeout: float,
+        start_timeout: float | None = None,
+    ) -> Outputs:
+        """Run one request on the warm host (starting it first if it is not running); its output files, open.
+
+        `timeout` bounds the request; `start_timeout` (default: `timeout`) bounds loading the model when
+        the host has to start first (after a restart, or after the host died), which may take far longer.
+        """
         async with self._lock(spec.experiment_id):
             host = self._hosts.get(spec.experiment_id)
             if host is None or not host.alive:
-                host = await self._start_locked(spec, timeout)
-            out_dir = host.work_dir / "requests" / uuid.uuid4().hex
+                host = await self._start_locked(spec, timeout if start_timeout is None else start_timeout)
+            request_dir = host.work_dir / "requests" / uuid.uuid4().hex
+            out_dir = request_dir / "out"
             try:
-                reply = await asyncio.to_thread(
-                    host.call, {"op": "infer", "image": image, "params": params, "out_dir": str(out_dir)}, timeout
+                staged = await self._run(self._stage_request, spec.experiment_id, Path(image), request_dir)
+                reply = await self._run(
+                    host.call, {"op": "infer", "image": str(staged), "params": params, "out_dir": str(out_dir)}, timeout
                 )
                 if not reply.get("ok"):
                     raise Invalid(f"Error: {reply.get('error')}")
-                return await asyncio.to_thread(_read_outputs, out_dir, reply["files"])
-            except TimeoutError as exc:
-                raise Unavailable(str(exc)) from None
-            finally:
-                await asyncio.to_thread(shutil.rmtree, out_dir, True)
+                # The caller streams them and then calls `close()`, which removes the request's folder.
+                return await self._run(_open_outputs, request_dir, out_dir, reply["files"])
+            except BaseException as exc:
+                await self._run(shutil.rmtree, request_dir, True)
+                if isinstance(exc, TimeoutError):
+                    raise Unavailable(str(exc)) from None
+                raise
+
+    def _sandbox(self) -> Sandbox:
+        from medcloud.sandbox import sandbox_for
+
+        return sandbox_for(self.settings)
+
+    def _stage_weights(self, experiment_id: str, weights: Path, work_dir: Path) -> Path:
+        sandbox = self._sandbox()
+        staged = sandbox.stage(weights, work_dir / "weights" / uuid.uuid4().hex / "model.pt", experiment_id=experiment_id)
+        sandbox.prepare(work_dir / "weights", experiment_id=experiment_id)
+        return staged
+
+    def _stage_request(self, experiment_id: str, image: Path, request_dir: Path) -> Path:
+        """The request's folder, owned by the host's identity: the input linked in, an empty output folder."""
+        sandbox = self._sandbox()
+        staged = sandbox.stage(image, request_dir / "in" / image.name, experiment_id=experiment_id)
+        (request_dir / "out").mkdir(parents=True)
+        sandbox.prepare(request_dir, experiment_id=experiment_id)
+        return staged
 
     async def swap(self, experiment_id: str, weights: Path, timeout: float = 120) -> None:
         """Load new weights into the running host between two requests."""
@@ -198,7 +256,8 @@ class HostManager:
             host = self._hosts.get(experiment_id)
             if host is None or not host.alive:
                 return  # the next start loads the bundle's (updated) weights
-            reply = await asyncio.to_thread(host.call, {"op": "swap", "weights": str(weights)}, timeout)
+            staged = await self._run(self._stage_weights, experiment_id, weights, host.work_dir)
+            reply = await self._run(host.call, {"op": "swap", "weights": str(staged)}, timeout)
             if not reply.get("ok"):
                 raise Unavailable(f"Error: swapping weights failed: {reply.get('error')}")
 
@@ -206,12 +265,40 @@ class HostManager:
         async with self._lock(experiment_id):
             host = self._hosts.pop(experiment_id, None)
             if host is not None:
-                await asyncio.to_thread(host.stop)
+                await self._run(host.stop)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(eid) for eid in list(self._hosts)))
 
 
-def _read_outputs(out_dir: Path, files: list[str]) -> list[tuple[str, bytes]]:
-    """`(name relative to out_dir, bytes)` of each output file."""
-    return [(Path(f).relative_to(out_dir).as_posix(), Path(f).read_bytes()) for f in files]
+@dataclass
+class Outputs:
+    """The output files of one request, open for reading; `close()` (blocking) closes them and removes their folder."""
+
+    files: list[tuple[str, BinaryIO]]  # (name relative to the output folder, open file)
+    folder: Path
+
+    def close(self) -> None:
+        for _name, handle in self.files:
+            handle.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _open_outputs(request_dir: Path, out_dir: Path, files: list[str]) -> Outputs:
+    """Open each output file: regular files inside `out_dir` only (the host is model code: it may name
+    any path, or leave a link to one). Opened, not read: the reply streams them."""
+    outputs = Outputs(files=[], folder=request_dir)
+    try:
+        for name in files:
+            path = Path(name)
+            if not path.is_absolute() or not path.is_relative_to(out_dir):
+                raise Unavailable("Error: the model host named an output outside its output folder.")
+            try:
+                outputs.files.append((path.relative_to(out_dir).as_posix(), open_regular(path, out_dir)))
+            except OSError as exc:
+                raise Unavailable(f"Error: the model's output {path.name} cannot be read: {exc}") from None
+    except BaseException:
+        for _name, handle in outputs.files:
+            handle.close()
+        raise
+    return outputs

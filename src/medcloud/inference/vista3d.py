@@ -102,13 +102,11 @@ def image_stem(image: str | Path) -> str:
 
 
 def image_token(image: str | Path) -> Hashable:
-    """Identity of an image on disk: its path and modification time (the newest file of a DICOM folder)."""
+    """Identity of an image on disk: its files' inodes, sizes and modification times. Not the path: each
+    request gets the cached file hard-linked into a folder of its own (sandbox.py), under a new path."""
     path = Path(image).resolve()
-    if path.is_dir():
-        stats = [p.stat() for p in path.iterdir() if p.is_file()]
-        return (str(path), len(stats), max((s.st_mtime_ns for s in stats), default=0), sum(s.st_size for s in stats))
-    stat = path.stat()
-    return (str(path), stat.st_mtime_ns, stat.st_size)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return tuple((s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size) for s in (p.stat() for p in files))
 
 
 class Vista3dPredictor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,16 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from medcloud.confined import copy_regular
 from medcloud.context import Context
 from medcloud.datasets.orm import Notification
+from medcloud.errors import Invalid
 from medcloud.experiments.orm import Experiment
 from medcloud.jobs import files
 from medcloud.jobs import service as jobs
 from medcloud.jobs.orm import Job
 from medcloud.jobs.states import TERMINAL, JobStatus
+from medcloud.learning.annotation_specs import check_annotation_specs
 
 log = logging.getLogger(__name__)
 STOP_KEYS = {"max_rounds", "key_metric"}
@@ -75,7 +77,12 @@ class AnnotationController:
 
     async def run(self) -> None:
         while True:
-            step = await asyncio.to_thread(self.step)
+            try:
+                step = await asyncio.to_thread(self.step)
+            except Exception as exc:  # something no check foresaw: a job in Error, not a task crashing on each start
+                log.exception("Annotation controller of job %s failed", self.job_id)
+                await asyncio.to_thread(self._fail, exc)
+                return
             for note in step.notes:
                 await asyncio.to_thread(self._log, note)
             if step.swap_weights is not None:
@@ -87,6 +94,14 @@ class AnnotationController:
             await self.event.wait()
             self.event.clear()
 
+    def _fail(self, exc: Exception) -> None:
+        with self.ctx.db.session() as session:
+            job = session.get(Job, self.job_id)
+            if job is not None and job.status not in TERMINAL:
+                message = f"The annotation controller failed: {type(exc).__name__}: {exc}"[:500]
+                jobs.transition(session, job, JobStatus.ERROR, message)
+        self._log(f"Error: {type(exc).__name__}: {exc}")
+
     async def _swap(self, checkpoint: Path) -> None:
         """Install the better weights: in the bundle (for restarts) and in the running host (no downtime)."""
         assert self.experiment_id is not None
@@ -95,9 +110,8 @@ class AnnotationController:
             bundle_dir = Path(experiment.bundle_dir) if experiment and experiment.bundle_dir else None
         if bundle_dir is not None:
             target = bundle_dir / "models" / "model.pt"
-            tmp = target.with_suffix(".pt.new")
-            await asyncio.to_thread(shutil.copyfile, checkpoint, tmp)
-            tmp.replace(target)
+            # the checkpoint was written by model code: copy a regular file, never through a link it left
+            await asyncio.to_thread(copy_regular, checkpoint, checkpoint.parents[2], target)
         try:
             await self.ctx.hosts.swap(self.experiment_id, checkpoint)
         except Exception:
@@ -117,7 +131,11 @@ class AnnotationController:
 
     def _decide(self, session: Any, job: Job, experiment: Experiment) -> Step:
         state = dict(job.result)
-        criteria = job.specs.get("stop_criteria") or {}
+        try:  # a row stored before today's checks: end it with the reason instead of crashing on every start
+            criteria = check_annotation_specs(job.specs, allow_expressions=self.ctx.settings.allow_expression_overrides)
+        except Invalid as exc:
+            jobs.transition(session, job, JobStatus.ERROR, exc.message)
+            return Step(stop=True)
         unknown = sorted(set(criteria) - STOP_KEYS)
         if unknown:
             jobs.transition(session, job, JobStatus.ERROR, f"Unknown stop_criteria key(s): {', '.join(unknown)}.")
@@ -127,14 +145,16 @@ class AnnotationController:
             state.update(
                 round=0, baseline=latest_seq(session, self.train_dataset), best_key_metric=None, train_job=None
             )
-            jobs.merge_result(session, job, state)
-            jobs.transition(session, job, JobStatus.RUNNING, "Waiting for annotations.")
+            if not jobs.transition(session, job, JobStatus.RUNNING, "Waiting for annotations.", result=state):
+                return Step(stop=True)  # canceled before it started
             step.notes.append("Running: waiting for annotations.")
         current = session.get(Job, state["train_job"]) if state.get("train_job") else None
         if current is not None and current.status not in TERMINAL:
             return step  # a round is training: wait for it to end
         if current is not None:
             step.swap_weights = self._finish_round(session, job, state, current)
+            if job.status != JobStatus.RUNNING:
+                return Step(stop=True)  # canceled meanwhile: its round is not recorded, its weights not used
             step.notes.append(state["detailed_status"]["message"])
         if self._should_stop(session, job, state, criteria):
             step.notes.append(job.result["detailed_status"]["message"])
@@ -142,7 +162,8 @@ class AnnotationController:
             return step
         waiting = images_since(session, self.train_dataset, state["baseline"])
         if len(waiting) >= int(job.specs.get("round_size", 1)):
-            self._start_round(session, job, state, experiment)
+            if not self._start_round(session, job, state, experiment):
+                return Step(stop=True)  # canceled meanwhile: no train job for it
             step.notes.append(state["detailed_status"]["message"])
             step.start_runner = True
         return step
@@ -162,7 +183,8 @@ class AnnotationController:
                 swap = path if path.exists() else None
         message = f"Round {state['round']} finished ({train.status}, key_metric {metric})."
         state["detailed_status"] = {"message": message}
-        jobs.merge_result(session, job, state)
+        if not jobs.merge_result(session, job, state, status=JobStatus.RUNNING):
+            return None
         return swap
 
     def _should_stop(self, session: Any, job: Job, state: dict, criteria: dict) -> bool:
@@ -176,7 +198,13 @@ class AnnotationController:
             return True
         return False
 
-    def _start_round(self, session: Any, job: Job, state: dict, experiment: Experiment) -> None:
+    def _start_round(self, session: Any, job: Job, state: dict, experiment: Experiment) -> bool:
+        """Create the round's train job; False (and none created) if the job is no longer Running."""
+        # Claim the round first: this write fails if a cancel committed before it, and it holds the
+        # job's row until commit, so a cancel that comes after finds the new train job among its children.
+        starting = {"detailed_status": {"message": f"Round {state['round'] + 1}: starting."}}
+        if not jobs.merge_result(session, job, starting, status=JobStatus.RUNNING):
+            return False
         specs = {**(job.specs.get("train_spec") or {}), "finetune": True}
         if state["round"] == 0:
             specs["val_at_start"] = True
@@ -193,4 +221,5 @@ class AnnotationController:
         state["train_job"] = train.id
         state["baseline"] = latest_seq(session, self.train_dataset)
         state["detailed_status"] = {"message": f"Round {state['round'] + 1}: training ({train.id})."}
-        jobs.merge_result(session, job, state)
+        jobs.merge_result(session, job, state, status=JobStatus.RUNNING)
+        return True
