@@ -140,3 +140,35 @@ def test_each_experiment_gets_its_own_uid_and_private_folders(tmp_path):
     folder = box.prepare(data / "experiments" / "a", experiment_id="a")
     assert folder.stat().st_uid == a.uid and folder.stat().st_mode & 0o777 == 0o700
     assert data.stat().st_mode & 0o777 == 0o710 and (data / "cache").stat().st_mode & 0o777 == 0o700
+
+
+def test_staged_inputs_survive_cache_eviction(tmp_path, local_dataset, demo_zips):
+    """Finding 14: a job's inputs are links in its own folder, so the cache may evict its copies mid-run."""
+    from medcloud.experiments.orm import Experiment
+    from medcloud.jobs.orm import Job
+    from medcloud.learning.staging import stage_job
+
+    with make_api(tmp_path / "data", bundle_allow_local_paths=True) as api:
+        dataset_id = create_dataset(api, local_dataset)
+        body = {
+            "name": "stage",
+            "network_arch": "monai_segmentation",
+            "train_datasets": [dataset_id],
+            "eval_dataset": dataset_id,
+            "bundle_url": f"file://{demo_zips['segmentation']}",
+        }
+        resp = api.post("experiments", json=body)
+        assert resp.status_code == 201, resp.text
+        with api.ctx.db.session() as session:
+            experiment = session.get(Experiment, resp.json()["id"])
+        job = Job(id="staging-test", action="train", specs={}, experiment_id=experiment.id, org="acme", user_id="alice")
+        spec = stage_job(api.ctx, job=job, experiment=experiment, job_dir=tmp_path / "data" / "jobs" / "staging-test")
+        before = {item["image"]: Path(item["image"]).read_bytes() for item in spec.train_items + spec.val_items}
+        assert before and all(Path(p).is_relative_to(tmp_path / "data" / "jobs") for p in before)
+        api.ctx.cache.drop_dataset(dataset_id)
+        api.ctx.cache.sweep()
+        assert not any((tmp_path / "data" / "cache").glob("*/*/files"))  # the cache's copies are gone
+        for path, content in before.items():
+            assert Path(path).read_bytes() == content
+        for item in spec.train_items:
+            assert Path(item["label"]).exists()
