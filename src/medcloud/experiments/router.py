@@ -85,7 +85,8 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
         row.model_params = {**body.model_params.model_dump(exclude_none=True), "labels": labels}
         _seal_cloud_details(ctx, row, body)
         if body.realtime_infer:
-            await ctx.hosts.start(realtime.host_spec(row), timeout=body.realtime_infer_request_timeout)
+            # Loading a model may take far longer than answering one request.
+            await ctx.hosts.start(realtime.host_spec(row), timeout=ctx.settings.host_start_timeout_s)
 
         def insert() -> dict:
             with ctx.db.session() as session:
@@ -211,6 +212,7 @@ async def _inference(ctx: Context, row: Experiment, job: ExperimentJob) -> Respo
         image=image,
         params=dict(specs.bundle_params),
         timeout=row.realtime_infer_request_timeout,
+        start_timeout=ctx.settings.host_start_timeout_s,  # a host not running yet (a restart) loads first
     )
     if not files:
         raise Invalid("Error: the model produced no output file.")

@@ -103,16 +103,38 @@ def create_job(session: Session, *, experiment: Experiment, request: ExperimentJ
 
 
 def begin_cancel(session: Session, row: Job) -> tuple[str, list[str]]:
-    """Record the cancel; return the message and the ids of running processes to kill."""
-    if row.status in TERMINAL:
-        return f"Job {row.id} already ended ({row.status}); nothing to cancel.", []
-    was = row.status
+    """Record the cancel; return the message and the ids of running processes to kill.
+
+    Each write is conditional on the status it was decided from (`jobs.transition`); one that loses to
+    the runner or the controller is decided again on the status that won.
+    """
     to_kill: list[str] = []
+    was = _cancel_one(session, row, to_kill)
+    if was is None:
+        return f"Job {row.id} already ended ({row.status}); nothing to cancel.", []
+    # The parent's write holds its row until commit, so a controller cannot add a round's train job
+    # unseen: the children listed now are all there will be.
     children = [j for j in jobs.list_for_experiment(session, experiment_id=row.experiment_id) if j.parent_id == row.id]
-    for job in [row, *children]:
-        if job.status == JobStatus.PENDING or (job.action == "annotation" and job.status != JobStatus.CANCELING):
-            jobs.transition(session, job, JobStatus.CANCELED, "Canceled by the user.")
-        elif job.status == JobStatus.RUNNING:
-            jobs.transition(session, job, JobStatus.CANCELING, "Canceling.")
-            to_kill.append(job.id)
+    for job in children:
+        _cancel_one(session, job, to_kill)
     return f"{was} job {row.id} cancelled", to_kill
+
+
+def _cancel_one(session: Session, job: Job, to_kill: list[str]) -> str | None:
+    """Cancel one job; return the status it was canceled from, or None when it had already ended."""
+    for _attempt in range(len(JobStatus)):  # each lost race moves the status forward, so this ends
+        status = JobStatus(job.status)
+        if status in TERMINAL:
+            return None
+        if status == JobStatus.CANCELING and job.action != "annotation":
+            to_kill.append(job.id)  # asked again: kill again, which also settles a cancel left half-done
+            return status.value
+        if status == JobStatus.PENDING or job.action == "annotation":
+            moved = jobs.transition(session, job, JobStatus.CANCELED, "Canceled by the user.")
+        else:
+            moved = jobs.transition(session, job, JobStatus.CANCELING, "Canceling.")
+        if moved:
+            if job.status == JobStatus.CANCELING:
+                to_kill.append(job.id)
+            return status.value
+    return None
