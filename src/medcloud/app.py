@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from medcloud import __version__
-from medcloud.api import errors
+from medcloud.api import errors, openapi
+from medcloud.api.limits import BodyLimit
 from medcloud.auth.router import router as auth_router
 from medcloud.config import Settings
 from medcloud.context import Context
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Before adopting jobs: the data dir's modes must let running model code reach its own folders.
+        await asyncio.to_thread(lambda: ctx.sandbox)
         sweeper = asyncio.create_task(_sweep_cache(ctx))
         ctx.hub = LearningHub(ctx)
         ctx.runner = LocalRunner(ctx, max_parallel=_max_train_jobs(ctx), on_ended=ctx.hub.job_ended)
@@ -67,6 +70,8 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     app = FastAPI(title="medcloud", version=__version__, lifespan=lifespan)
     app.state.context = ctx
     errors.install(app)
+    openapi.install(app)
+    app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes)
     for router in (auth_router, workspaces_router, datasets_router, experiments_router, jobs_router):
         app.include_router(router)
 
