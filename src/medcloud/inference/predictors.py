@@ -17,6 +17,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator
 
+from medcloud.bundles.overrides import check_overrides, check_params
+
 log = logging.getLogger(__name__)
 
 # Defaults for real-time output (API.md §3.4); `model_params.override` comes on top of them.
@@ -57,6 +59,9 @@ class BundlePredictor:
         bundle_dir: the unpacked bundle (holds `configs/` and `models/`).
         overrides: config overrides (`model_params.override`), applied after the real-time defaults.
         image_key: the key of the image in the bundle's input item.
+        allow_expressions: the operator's `allow_expression_overrides`; off, client overrides and
+            `bundle_params` holding MONAI expressions, references or components are refused here too
+            (the API refuses them first; this guards values stored before that check).
 
     Example:
         >>> predictor = BundlePredictor(Path("spleen"), {"output_ext": ".nii.gz"})
@@ -65,8 +70,18 @@ class BundlePredictor:
         [PosixPath('/tmp/out/ct_seg.nii.gz')]
     """
 
-    def __init__(self, bundle_dir: Path, overrides: dict[str, Any] | None = None, image_key: str = "image") -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        overrides: dict[str, Any] | None = None,
+        image_key: str = "image",
+        allow_expressions: bool = False,
+    ) -> None:
         self.bundle_dir = bundle_dir.resolve()
+        self.allow_expressions = allow_expressions
+        # Only the client's part is checked: REALTIME_DEFAULTS and the values set in `_parser` are the server's.
+        check_overrides(overrides or {}, "model_params.override", allow_expressions=allow_expressions)
+        check_params({image_key: None}, "model_params.image_key", allow_expressions=allow_expressions)
         self.overrides = {**REALTIME_DEFAULTS, **(overrides or {})}
         self.image_key = image_key
         self._config = ConfigParser.load_config_file(find_config(self.bundle_dir))
@@ -113,6 +128,7 @@ class BundlePredictor:
             log.info("Warm-up forward pass skipped: %s", exc)
 
     def predict(self, image: str, params: dict[str, Any], out_dir: Path) -> list[Path]:
+        check_params(params, "bundle_params", allow_expressions=self.allow_expressions)
         out_dir.mkdir(parents=True, exist_ok=True)
         parser = self._parser([{**params, self.image_key: image}], out_dir)
         parser.get_parsed_content("evaluator").run()

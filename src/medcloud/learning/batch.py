@@ -10,31 +10,36 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medcloud.bundles.overrides import check_params, expressions_allowed
 from medcloud.errors import Invalid
 from medcloud.experiments.realtime import model_input
 from medcloud.inference.host import build_predictor
 from medcloud.jobs import files
 from medcloud.jobs.spec import JobSpec
 from medcloud.learning.progress import ProgressReporter
+from medcloud.paths import child_path
 
 log = logging.getLogger(__name__)
 
 
 def run_batchinfer(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
+    # The API refused hostile bundle_params before storing the job; a job stored earlier is refused here.
+    params = check_params(
+        spec.specs.get("bundle_params") or {}, "specs.bundle_params", allow_expressions=expressions_allowed(spec.host)
+    )
     predictor = build_predictor(spec.host)
     predictor.load()
     if spec.weights:
         predictor.swap_weights(Path(spec.weights))
     reporter = ProgressReporter(job_dir, max_epoch=1)
-    params = dict(spec.specs.get("bundle_params") or {})
+    predictions = job_dir / files.RESULTS / "predictions"
     failed = dict(spec.failed)
     total = len(spec.images) + len(failed)
     for index, image in enumerate(spec.images, start=1):
         try:
             local = sorted(p for p in Path(image["path"]).rglob("*") if p.is_file())
-            predictor.predict(
-                model_input(local, image["id"]), params, job_dir / files.RESULTS / "predictions" / image["dir"]
-            )
+            out_dir = child_path(predictions, image["dir"], what="image folder")  # never outside predictions/
+            predictor.predict(model_input(local, image["id"]), params, out_dir)
         except Exception as exc:  # one unreadable image must not lose the others' results
             log.error("Image %s failed: %s", image["id"], exc)
             failed[image["id"]] = f"{type(exc).__name__}: {exc}"[:500]

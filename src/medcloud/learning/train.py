@@ -17,6 +17,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+from medcloud.bundles.overrides import check_train_specs, expressions_allowed
 from medcloud.jobs.spec import JobSpec
 from medcloud.learning.progress import ProgressReporter
 
@@ -136,6 +137,9 @@ def run_bundle_train(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
 
 
 def run_train(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
+    # The API refused hostile specs before storing the job; a job stored earlier is refused here, before any
+    # of them reaches ConfigWorkflow (keys the server owns, expressions unless the operator allows them).
+    check_train_specs(spec.specs, "specs", allow_expressions=expressions_allowed(spec.host))
     if spec.network_arch == "monai_vista3d":
         from medcloud.learning.vista3d_train import run_vista3d_train
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medcloud.errors import Invalid
+from medcloud.paths import unsafe_reason
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
@@ -92,6 +93,9 @@ def _parse_entry(entry: Any, label_key: tuple[str, ...], source: str) -> Manifes
     paths = _paths(image.get("path"), source) if isinstance(image, dict) else None
     if image_id is None or not paths:
         return None
+    reason = unsafe_reason(image_id)
+    if reason is not None:  # image ids name folders (batch predictions, job inputs): one harmless name each
+        raise Invalid(f"The manifest at {source} lists the image id {image_id!r}, which cannot be used: {reason}.")
     used_key, label_id, label_paths = None, None, ()
     for key in label_key:
         label = entry.get(key)
