@@ -13,6 +13,7 @@ from medcloud.api.body import parse_body, validate
 from medcloud.api.deps import Caller, CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
 from medcloud.bundles.fetch import BundleError
+from medcloud.bundles.overrides import check_params
 from medcloud.context import Context
 from medcloud.db import new_id
 from medcloud.errors import Conflict, Invalid
@@ -52,6 +53,9 @@ def list_experiments(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
 
 
 async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
+    service.check_model_params(
+        body.model_params.model_dump(), allow_expressions=ctx.settings.allow_expression_overrides
+    )
     body = service.normalise(body)
 
     def check() -> Experiment | None:
@@ -137,6 +141,7 @@ async def patch_experiment(experiment_id: str, request: Request, caller: CallerD
     def run() -> tuple[dict, bool]:
         with ctx.db.session() as session:
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
+            service.check_model_params(body.model_params, allow_expressions=ctx.settings.allow_expression_overrides)
             stopped = service.apply_patch(session, row=row, body=body)
             return service.to_out(row, service.job_ids(session, eid)).model_dump(mode="json"), stopped
 
@@ -185,7 +190,9 @@ async def experiment_action(experiment_id: str, request: Request, caller: Caller
 
     def create() -> str:
         with ctx.db.session() as session:
-            return learning.create_job(session, experiment=row, request=job).id
+            return learning.create_job(
+                session, experiment=row, request=job, allow_expressions=ctx.settings.allow_expression_overrides
+            ).id
 
     job_id = await run_in_threadpool(create)
     if job.action == ExperimentAction.ANNOTATION:
@@ -199,6 +206,9 @@ async def _inference(ctx: Context, row: Experiment, job: ExperimentJob) -> Respo
     if "image" not in job.specs:
         raise Invalid("Invalid Input. Spec is missing `image`")
     specs = validate(InferenceSpecs, job.specs)
+    allow = ctx.settings.allow_expression_overrides
+    check_params(specs.bundle_params, "specs.bundle_params", allow_expressions=allow)
+    service.check_model_params(row.model_params, allow_expressions=allow)  # a row stored before this check
     if specs.dataset_id:
         specs = specs.model_copy(update={"dataset_id": checked_uuid(specs.dataset_id, "Dataset")})
     if not row.realtime_infer:

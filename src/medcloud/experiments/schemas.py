@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-FORBIDDEN_OVERRIDES = ("bundle_root", "workflow_type", "ckpt_dir", "finetune_model_path")
+from medcloud.bundles.overrides import forbidden_keys
 
 
 class NetworkArch(StrEnum):
@@ -51,7 +51,8 @@ class ModelParams(BaseModel):
     @field_validator("override")
     @classmethod
     def _override(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = sorted(k for k in value if k.split("#")[0] in FORBIDDEN_OVERRIDES)
+        # Expressions are checked by the service, which knows the operator's setting; these keys never pass.
+        bad = forbidden_keys(value)
         if bad:
             raise ValueError(f"override may not set {', '.join(bad)}")
         return value
@@ -83,6 +84,8 @@ class ExperimentPatch(BaseModel):
     eval_dataset: str | None = None
     inference_dataset: str | None = None
     train_datasets: list[str] | None = None
+    # Not applied (model parameters are fixed at creation), but a hostile value is refused, not ignored.
+    model_params: dict[str, Any] | None = None
 
 
 class ExperimentOut(BaseModel):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from medcloud.bundles.overrides import check_overrides, check_params
 from medcloud.datasets.orm import Dataset
 from medcloud.db import get_owned
 from medcloud.errors import Conflict, Invalid
@@ -70,6 +73,17 @@ def check_datasets(session: Session, *, org: str, user_id: str, ids: list[str], 
             raise Invalid(f"Dataset {dataset_id} does not exist.")
         if arch == NetworkArch.VISTA3D and row.type != "semantic_segmentation":
             raise Invalid(f"Dataset {dataset_id} has type {row.type}; monai_vista3d needs semantic_segmentation.")
+
+
+def check_model_params(model_params: Mapping[str, Any] | None, *, allow_expressions: bool) -> None:
+    """What of `model_params` reaches the bundle's config is plain data; `Invalid` naming the key otherwise."""
+    if not model_params:
+        return
+    if model_params.get("override") is not None:
+        check_overrides(model_params["override"], "model_params.override", allow_expressions=allow_expressions)
+    image_key = model_params.get("image_key")
+    if isinstance(image_key, str):  # it becomes a key of the `dataset#data` item
+        check_params({image_key: None}, "model_params.image_key", allow_expressions=allow_expressions)
 
 
 def normalise(body: ExperimentCreate) -> ExperimentCreate:

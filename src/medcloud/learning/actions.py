@@ -8,50 +8,38 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from medcloud.bundles.overrides import check_params, check_train_specs
 from medcloud.errors import Conflict, Invalid, NotFound
 from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import CUSTOM_ARCHS, ExperimentJob
 from medcloud.jobs import service as jobs
 from medcloud.jobs.orm import Job
 from medcloud.jobs.states import TERMINAL, JobStatus
-from medcloud.learning.train import FORBIDDEN_KEYS
+from medcloud.learning.annotation_specs import check_annotation_specs
+from medcloud.paths import child_path
 
 
-def _check_overrides(specs: Any, where: str) -> dict[str, Any]:
-    if not isinstance(specs, dict):
-        raise Invalid(f"Invalid Input. `{where}` must be an object.")
-    bad = sorted(k for k in specs if str(k).split("#")[0] in FORBIDDEN_KEYS)
-    if bad:
-        raise Invalid(f"Invalid Input. `{where}` may not set {', '.join(bad)}.")
-    return specs
-
-
-def _check_train(experiment: Experiment, specs: dict[str, Any]) -> None:
-    _check_overrides(specs, "specs")
+def _check_train(experiment: Experiment, specs: dict[str, Any], where: str, *, allow_expressions: bool) -> None:
+    check_train_specs(specs, where, allow_expressions=allow_expressions)
     if not experiment.train_datasets:
         raise Invalid("The experiment has no train_datasets to train on.")
     if experiment.network_arch in CUSTOM_ARCHS:
         configs = specs.get("config_file") or "configs/train.json"
         for config in [configs] if isinstance(configs, str) else list(configs):
-            if not (Path(experiment.bundle_dir) / str(config)).is_file():
+            bundle = Path(experiment.bundle_dir)
+            if not child_path(bundle, *Path(config).parts, what="config_file").is_file():
                 raise Invalid(f"The experiment's bundle has no {config} to train with.")
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise Invalid(f"Invalid Input. `{name}` must be a positive integer.")
-    return value
-
-
-def _check_annotation(session: Session, experiment: Experiment, specs: dict[str, Any]) -> None:
+def _check_annotation(
+    session: Session, experiment: Experiment, specs: dict[str, Any], *, allow_expressions: bool
+) -> None:
     if not experiment.eval_dataset or len(experiment.train_datasets) != 1:
         raise Invalid("An annotation job needs an eval_dataset and exactly one train dataset.")
     if jobs.active_for_experiment(session, experiment_id=experiment.id, action="annotation"):
         raise Conflict("The experiment already has a Pending or Running annotation job.")
-    _positive_int(specs.get("round_size", 1), "round_size")
-    if not isinstance(specs.get("stop_criteria", {}), dict):
-        raise Invalid("Invalid Input. `stop_criteria` must be an object.")
-    _check_train(experiment, _check_overrides(specs.get("train_spec", {}), "train_spec"))
+    check_annotation_specs(specs, allow_expressions=allow_expressions)
+    _check_train(experiment, specs.get("train_spec") or {}, "specs.train_spec", allow_expressions=allow_expressions)
 
 
 def _check_batchinfer(session: Session, experiment: Experiment, specs: dict[str, Any]) -> None:
@@ -68,14 +56,21 @@ def _check_batchinfer(session: Session, experiment: Experiment, specs: dict[str,
             raise Invalid(f"train_job_id {train_job_id} is not a finished train job of this experiment.")
 
 
-def create_job(session: Session, *, experiment: Experiment, request: ExperimentJob) -> Job:
-    """Validate and create the job row (Pending); the caller wakes the runner or the hub."""
+def create_job(
+    session: Session, *, experiment: Experiment, request: ExperimentJob, allow_expressions: bool = False
+) -> Job:
+    """Validate and create the job row (Pending); the caller wakes the runner or the hub.
+
+    `allow_expressions` is the operator's `allow_expression_overrides`: off, MONAI expressions,
+    references and components in the specs are refused before anything is stored.
+    """
     specs = dict(request.specs)
     if request.action == "train":
-        _check_train(experiment, specs)
+        _check_train(experiment, specs, "specs", allow_expressions=allow_expressions)
     elif request.action == "annotation":
-        _check_annotation(session, experiment, specs)
+        _check_annotation(session, experiment, specs, allow_expressions=allow_expressions)
     else:
+        check_params(specs.get("bundle_params") or {}, "specs.bundle_params", allow_expressions=allow_expressions)
         _check_batchinfer(session, experiment, specs)
     parent = request.parent_job_id
     if parent is not None:
