@@ -37,7 +37,6 @@ SERVER_KEYS = frozenset(
         "val_at_start",
     }
 )
-FORBIDDEN_KEYS = frozenset({"bundle_root", "workflow_type", "ckpt_dir", "finetune_model_path"})
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:
