@@ -279,6 +279,23 @@ def test_operator_setting_allows_expressions(tmp_path, local_dataset, demo_zips)
         # The keys the server owns stay refused whatever the setting.
         owned = api.post(f"experiments/{exp.json()['id']}/jobs", json={"action": "train", "specs": {"output_dir": "/"}})
         assert owned.status_code == 400 and "may not set output_dir" in owned.json()["error_desc"]
+        # ... and the model host, told by the server, evaluates the operator-allowed expression.
+        rt = api.post(
+            "experiments",
+            json={
+                "name": "rt",
+                "network_arch": "monai_segmentation",
+                "train_datasets": [dataset_id],
+                "realtime_infer": True,
+                "bundle_url": str(demo_zips["segmentation"]),
+                "model_params": {"override": {"output_postfix": "$'mask'"}},
+            },
+        )
+        assert rt.status_code == 201, rt.text
+        image = json.loads((local_dataset / "manifest.json").read_text())["data"][0]["image"]["id"]
+        answer = api.post(f"experiments/{rt.json()['id']}/jobs", json={"action": "inference", "specs": {"image": image}})
+        assert answer.status_code == 201, answer.text
+        assert "_mask.nrrd" in answer.headers["Content-Type"] or b"_mask.nrrd" in answer.content
 
 
 # Finding 1, in depth: values stored before the checks are refused where they are used.

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from medcloud.bundles.overrides import expressions_allowed
 from medcloud.inference.predictors import Predictor
 
 log = logging.getLogger("medcloud.host")
@@ -35,7 +36,12 @@ def build_predictor(spec: dict[str, Any]) -> Predictor:
         return Vista3dPredictor(Path(spec["bundle_dir"]), labels=spec.get("labels") or {})
     from medcloud.inference.predictors import BundlePredictor
 
-    return BundlePredictor(Path(spec["bundle_dir"]), spec.get("overrides") or {}, spec.get("image_key", "image"))
+    return BundlePredictor(
+        Path(spec["bundle_dir"]),
+        spec.get("overrides") or {},
+        spec.get("image_key", "image"),
+        allow_expressions=expressions_allowed(spec),
+    )
 
 
 def describe(exc: BaseException) -> str:

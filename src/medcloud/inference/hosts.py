@@ -47,6 +47,7 @@ class HostSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     image_key: str = "image"
     labels: dict[str, str] = field(default_factory=dict)
+    allow_expression_overrides: bool = False  # the operator's setting (bundles/overrides.py)
 
 
 class HostDied(Unavailable):

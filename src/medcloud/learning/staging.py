@@ -117,7 +117,7 @@ def stage_job(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) 
         bundle_dir=experiment.bundle_dir,
         specs=dict(job.specs),
         labels=(experiment.model_params or {}).get("labels") or {},
-        host=vars(host_spec(experiment)),
+        host=vars(host_spec(experiment, ctx.settings)),
     )
     if job.action == "train":
         train_items, val_items = _train_items(ctx, experiment)
