@@ -1,13 +1,18 @@
-"""The `medcloud` command: `serve`, `keys create`, `demo`."""
+"""The `medcloud` command: `serve`, `keys create|list|revoke`, `demo`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medcloud.config import Settings
+
+if TYPE_CHECKING:
+    from medcloud.db import Database
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -45,9 +50,58 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
     ctx = Context.build(_settings(args))
     with ctx.db.session() as session:
-        key = service.create_api_key(session, org=args.org, user=args.user)
-    print(f"Created an API key for user {args.user} in org {args.org}. It is shown only once:")
+        key_id, key = service.issue_api_key(session, org=args.org, user=args.user)
+    print(f"Created API key {key_id} for user {args.user} in org {args.org}. It is shown only once:")
     print(key)
+    return 0
+
+
+def _database(args: argparse.Namespace) -> Database:
+    """The metadata DB alone: managing keys needs neither the secret nor the caches."""
+    from medcloud.db import Database
+
+    return Database(_settings(args).sqlalchemy_url)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from medcloud.auth import service
+
+    db = _database(args)
+    with db.session() as session:
+        keys = service.list_keys(session, org=args.org, user=args.user)
+    db.dispose()
+    rows = [("ID", "HINT", "USER", "ORG", "CREATED", "LAST LOGIN", "REVOKED")]
+    for k in keys:
+        hint = f"{k.hint}..." if k.hint else "-"
+        orgs = ",".join(k.orgs) or "-"
+        rows.append((k.id, hint, k.user, orgs, _when(k.created), _when(k.last_login), _when(k.revoked_at)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from medcloud.auth import service
+    from medcloud.errors import NotFound
+
+    db = _database(args)
+    try:
+        with db.session() as session:
+            revoked = service.revoke_key(session, key_id=args.key_id)
+    except NotFound as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    if revoked:
+        print(f"Revoked API key {args.key_id}: it no longer logs in, and tokens minted from it stop working.")
+    else:
+        print(f"API key {args.key_id} was already revoked.")
     return 0
 
 
@@ -74,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--user", required=True)
     create.add_argument("--data-dir", type=Path)
     create.set_defaults(func=cmd_keys_create)
+    listing = keys.add_parser("list", help="list API keys (ids, never the keys)")
+    listing.add_argument("--org", help="only keys of this org")
+    listing.add_argument("--user", help="only keys of this user")
+    listing.add_argument("--data-dir", type=Path)
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke an API key: no more logins, and its tokens stop working")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id, as `keys list` and `keys create` show it")
+    revoke.add_argument("--data-dir", type=Path)
+    revoke.set_defaults(func=cmd_keys_revoke)
     demo = sub.add_parser("demo", help="create the demo org, key, dataset and bundles, then exit")
     demo.add_argument("--data-dir", type=Path)
     demo.set_defaults(func=cmd_demo)

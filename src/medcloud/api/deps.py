@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from starlette.concurrency import run_in_threadpool
 
 from medcloud.auth import service as auth
 from medcloud.context import Context
 from medcloud.errors import Invalid, Unauthorized
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
+    # async: a sync dependency would take a thread of the shared pool on every request
     return request.app.state.context
 
 
@@ -31,16 +31,16 @@ async def get_caller(
     ctx: Annotated[Context, Depends(get_context)],
     authorization: Annotated[str | None, Header()] = None,
 ) -> Caller:
-    """Check the bearer token, then membership of `{org}` (401, then 403)."""
+    """Check the bearer token and its key (401), then membership of `{org}` (403)."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("Missing bearer token.")
     principal = auth.verify_token(authorization[7:].strip(), signing_key=ctx.signing_key)
 
     def check() -> None:
         with ctx.db.session() as session:
-            auth.require_member(session, user_id=principal.user_id, org=org)
+            auth.authorize(session, principal=principal, org=org)
 
-    await run_in_threadpool(check)
+    await ctx.pools.run("auth", check)  # its own pool: slow work of other requests never delays it
     return Caller(org=org, user_id=principal.user_id)
 
 

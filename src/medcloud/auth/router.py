@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from medcloud.api.body import parse_body
 from medcloud.api.deps import CtxDep
@@ -29,5 +28,5 @@ async def login(request: Request, ctx: CtxDep) -> JSONResponse:
                 session, api_key=body.ngc_api_key, signing_key=ctx.signing_key, ttl_s=ctx.settings.token_ttl_s
             )
 
-    user_id, token = await run_in_threadpool(run)
+    user_id, token = await ctx.pools.run("auth", run)  # never queued behind slow storage or bundle work
     return JSONResponse(status_code=201, content={"user_id": user_id, "token": token})

@@ -22,7 +22,11 @@ log = logging.getLogger(__name__)
 def fetch_cached(
     ctx: Context, *, dataset_id: str, image_id: str, source: DataSource | None, ttl_s: int | None = None
 ) -> list[Path]:
-    """Local files of the image: from the cache, else fetched once through `source` (blocking)."""
+    """Local files of the image: from the cache, else fetched once through `source` (blocking).
+
+    The cache is shared by every user and keyed by ids clients send: `dataset_id` must be one whose
+    ownership the caller has already checked (as the dataset actions and `realtime.resolve_image` do).
+    """
     hit = ctx.cache.lookup(dataset_id, image_id)
     if hit is not None:
         return hit

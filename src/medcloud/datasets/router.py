@@ -6,12 +6,12 @@ from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from medcloud.api.body import parse_body
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
 from medcloud.datasets import actions, service
+from medcloud.datasets.orm import Dataset
 from medcloud.datasets.schemas import DatasetAction, DatasetCreate, DatasetJob, DatasetPatch
 from medcloud.errors import Invalid
 from medcloud.experiments import service as experiments
@@ -38,22 +38,29 @@ async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JS
             out = service.create(session, org=caller.org, user_id=caller.user_id, body=body, kind=kind, box=ctx.box)
             return out.model_dump(mode="json")
 
-    return JSONResponse(status_code=201, content=await run_in_threadpool(run))
+    return JSONResponse(status_code=201, content=await ctx.pools.run("storage", run))
 
 
 @router.get("")
-def list_datasets(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
-    with ctx.db.session() as session:
-        items = [d.model_dump(mode="json") for d in service.list_all(session, org=caller.org, user_id=caller.user_id)]
-    return apply_list_params(request, items, "datasets")
+async def list_datasets(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
+    def run() -> list[dict]:
+        with ctx.db.session() as session:
+            rows = service.list_all(session, org=caller.org, user_id=caller.user_id)
+            return [d.model_dump(mode="json") for d in rows]
+
+    return apply_list_params(request, await ctx.pools.run("db", run), "datasets")
 
 
 @router.get("/{dataset_id}")
-def get_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+async def get_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     did = checked_uuid(dataset_id, "Dataset")
-    with ctx.db.session() as session:
-        row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
-        return service.to_out(row).model_dump(mode="json")
+
+    def run() -> dict:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
+            return service.to_out(row).model_dump(mode="json")
+
+    return await ctx.pools.run("db", run)
 
 
 @router.patch("/{dataset_id}")
@@ -66,17 +73,21 @@ async def patch_dataset(dataset_id: str, request: Request, caller: CallerDep, ct
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
             return service.patch(session, row=row, body=body).model_dump(mode="json")
 
-    return await run_in_threadpool(run)
+    return await ctx.pools.run("db", run)
 
 
 @router.delete("/{dataset_id}")
-def delete_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+async def delete_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     did = checked_uuid(dataset_id, "Dataset")
-    with ctx.db.session() as session:
-        row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
-        out = service.delete(session, row=row, users=experiments.names_using_dataset(session, dataset_id=did))
-    ctx.cache.drop_dataset(did)
-    return out.model_dump(mode="json")
+
+    def run() -> dict:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
+            out = service.delete(session, row=row, users=experiments.names_using_dataset(session, dataset_id=did))
+        ctx.cache.drop_dataset(did)
+        return out.model_dump(mode="json")
+
+    return await ctx.pools.run("db", run)
 
 
 @router.post("/{dataset_id}/jobs", status_code=201)
@@ -84,17 +95,26 @@ async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, c
     did = checked_uuid(dataset_id, "Dataset")
     job = await parse_body(request, DatasetJob)
 
-    def run() -> dict:
-        with ctx.db.session() as session:
-            row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
-            if job.action == DatasetAction.CACHEIMAGE:
-                return actions.cacheimage(ctx, row=row, specs=job.specs)
-            if job.action == DatasetAction.NEXTIMAGE:
-                pick = partial(service.pick_least_recently_served, ctx.db, dataset_id=did)
-                return actions.nextimage(ctx, row=row, pick=pick)
-            return actions.notify(ctx, session=session, row=row, specs=job.specs)
+    owner = {"org": caller.org, "user_id": caller.user_id, "dataset_id": did}
 
-    content = await run_in_threadpool(run)
+    def owned() -> Dataset:
+        with ctx.db.session() as session:
+            return service.get_row(session, **owner)
+
+    def notify() -> dict:
+        with ctx.db.session() as session:
+            return actions.notify(ctx, session=session, row=service.get_row(session, **owner), specs=job.specs)
+
+    if job.action == DatasetAction.NOTIFY:
+        content = await ctx.pools.run("db", notify)
+    else:
+        # Ownership first, in the DB pool; then the storage reads, holding no DB connection while they wait.
+        row = await ctx.pools.run("db", owned)
+        if job.action == DatasetAction.CACHEIMAGE:
+            content = await ctx.pools.run("storage", actions.cacheimage, ctx, row=row, specs=job.specs)
+        else:
+            pick = partial(service.pick_least_recently_served, ctx.db, dataset_id=did)
+            content = await ctx.pools.run("storage", actions.nextimage, ctx, row=row, pick=pick)
     if job.action == DatasetAction.NOTIFY and ctx.hub is not None:
         ctx.hub.dataset_changed(did)  # committed: wake the annotation controllers at once
     return JSONResponse(status_code=201, content=content)

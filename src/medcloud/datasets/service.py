@@ -15,6 +15,7 @@ from medcloud.db import Database, get_owned
 from medcloud.errors import Conflict
 from medcloud.secrets import SecretBox
 from medcloud.sources.base import DataSource
+from medcloud.sources.manifest_cache import MANIFESTS
 
 
 def is_dicomweb(client_url: str, filters: str | None) -> bool:
@@ -28,16 +29,27 @@ def is_local(client_url: str) -> bool:
 
 
 def open_source(
-    *, client_url: str, client_id: str | None, client_secret: str | None, filters: str | None, verify: bool
+    *,
+    client_url: str,
+    client_id: str | None,
+    client_secret: str | None,
+    filters: str | None,
+    verify: bool,
+    cache_key: str | None = None,
 ) -> tuple[str, DataSource]:
-    """Connect to the source (blocking I/O); `verify` also checks every listed file (at creation)."""
+    """Connect to the source (blocking I/O); `verify` also checks every listed file (at creation).
+
+    `cache_key` (the dataset id) lets an object store's parsed manifest be reused while it is unchanged.
+    """
     if is_dicomweb(client_url, filters):
         from medcloud.sources.dicomweb import DicomWebSource
 
         return "dicomweb", DicomWebSource.open(client_url, client_id, client_secret, filters=filters)
     from medcloud.sources.objectstore import ObjectStoreSource
 
-    return "objectstore", ObjectStoreSource.open(client_url, client_id, client_secret, check_files=verify)
+    return "objectstore", ObjectStoreSource.open(
+        client_url, client_id, client_secret, check_files=verify, cache_key=cache_key
+    )
 
 
 def source_of(row: Dataset, box: SecretBox) -> DataSource:
@@ -48,6 +60,7 @@ def source_of(row: Dataset, box: SecretBox) -> DataSource:
         client_secret=secrets.get("client_secret"),
         filters=row.filters,
         verify=False,
+        cache_key=row.id,
     )
     return source
 
@@ -97,6 +110,7 @@ def patch(session: Session, *, row: Dataset, body: DatasetPatch) -> DatasetOut:
     for key, value in body.model_dump(exclude_none=True).items():
         setattr(row, key, value)
     session.flush()
+    MANIFESTS.forget(row.id)  # whatever the patch changed, the next read starts afresh
     return to_out(row)
 
 
@@ -107,6 +121,7 @@ def delete(session: Session, *, row: Dataset, users: list[str]) -> DatasetOut:
     out = to_out(row)
     session.execute(ServedImage.__table__.delete().where(ServedImage.dataset_id == row.id))
     session.delete(row)
+    MANIFESTS.forget(row.id)
     return out
 
 

@@ -6,12 +6,12 @@ import logging
 import shutil
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from medcloud.api.body import parse_body, validate
 from medcloud.api.deps import Caller, CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
+from medcloud.api.streaming import chunks
 from medcloud.bundles.fetch import BundleError
 from medcloud.bundles.overrides import check_params
 from medcloud.context import Context
@@ -26,7 +26,7 @@ from medcloud.experiments.schemas import (
     ExperimentPatch,
     InferenceSpecs,
 )
-from medcloud.inference.outputs import encode_multipart
+from medcloud.inference.outputs import multipart_stream
 from medcloud.jobs import service as jobs
 from medcloud.learning import actions as learning
 
@@ -41,12 +41,15 @@ def list_base_experiments(request: Request, caller: CallerDep) -> dict:
 
 
 @router.get("/experiments")
-def list_experiments(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
-    with ctx.db.session() as session:
-        items = [
-            service.to_out(r, service.job_ids(session, r.id)).model_dump(mode="json")
-            for r in service.list_rows(session, org=caller.org, user_id=caller.user_id)
-        ]
+async def list_experiments(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
+    def run() -> list[dict]:
+        with ctx.db.session() as session:
+            return [
+                service.to_out(r, service.job_ids(session, r.id)).model_dump(mode="json")
+                for r in service.list_rows(session, org=caller.org, user_id=caller.user_id)
+            ]
+
+    items = await ctx.pools.run("db", run)
     if request.query_params.get("user_only", "false").lower() != "true":
         items += [b.model_dump(mode="json") for b in catalogue.base_experiments()]
     return apply_list_params(request, items, "experiments")
@@ -62,7 +65,7 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
         with ctx.db.session() as session:
             return service.check_references(session, org=caller.org, user_id=caller.user_id, body=body)
 
-    base_row = await run_in_threadpool(check)
+    base_row = await ctx.pools.run("db", check)
     exp_id = new_id()
     exp_dir = ctx.settings.data_dir / "experiments" / exp_id
     row = Experiment(
@@ -82,8 +85,16 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
         workspace=body.workspace,
     )
     try:
-        bundle_dir, labels = await run_in_threadpool(
-            realtime.prepare_model, ctx, body=body, base_row=base_row, exp_dir=exp_dir
+        # The bundle pool has a deadline: a download that hangs answers 503 instead of holding the request;
+        # what it writes once it ends is removed then.
+        bundle_dir, labels = await ctx.pools.run_abandoning(
+            "bundle",
+            lambda: shutil.rmtree(exp_dir, True),
+            realtime.prepare_model,
+            ctx,
+            body=body,
+            base_row=base_row,
+            exp_dir=exp_dir,
         )
         row.bundle_dir = bundle_dir
         row.model_params = {**body.model_params.model_dump(exclude_none=True), "labels": labels}
@@ -98,12 +109,12 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
                 session.flush()
                 return service.to_out(row).model_dump(mode="json")
 
-        return await run_in_threadpool(insert)
+        return await ctx.pools.run("db", insert)
     except BaseException as exc:
         if isinstance(exc, BundleError):
             log.warning("Bundle %s rejected: %s", body.bundle_url, exc.detail)
         await ctx.hosts.stop(exp_id)
-        await run_in_threadpool(shutil.rmtree, exp_dir, True)
+        await ctx.pools.run("files", shutil.rmtree, exp_dir, True)
         raise
 
 
@@ -123,14 +134,18 @@ async def create_experiment(request: Request, caller: CallerDep, ctx: CtxDep) ->
 
 
 @router.get("/experiments/{experiment_id}")
-def get_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+async def get_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid = checked_uuid(experiment_id, "Experiment")
     base = catalogue.get_base(eid)
     if base is not None:
         return base.model_dump(mode="json")
-    with ctx.db.session() as session:
-        row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
-        return service.to_out(row, service.job_ids(session, eid)).model_dump(mode="json")
+
+    def run() -> dict:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
+            return service.to_out(row, service.job_ids(session, eid)).model_dump(mode="json")
+
+    return await ctx.pools.run("db", run)
 
 
 @router.patch("/experiments/{experiment_id}")
@@ -145,7 +160,7 @@ async def patch_experiment(experiment_id: str, request: Request, caller: CallerD
             stopped = service.apply_patch(session, row=row, body=body)
             return service.to_out(row, service.job_ids(session, eid)).model_dump(mode="json"), stopped
 
-    out, stopped = await run_in_threadpool(run)
+    out, stopped = await ctx.pools.run("db", run)
     if stopped:
         await ctx.hosts.stop(eid)
     return out
@@ -161,17 +176,22 @@ async def delete_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) 
             if jobs.active_for_experiment(session, experiment_id=eid):
                 raise Conflict("Experiment in use")
 
-    await run_in_threadpool(check)
+    await ctx.pools.run("db", check)
     await ctx.hosts.stop(eid)
 
-    def delete() -> dict:
+    def delete() -> tuple[dict, list[str]]:
         with ctx.db.session() as session:
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
-            busy = len(jobs.active_for_experiment(session, experiment_id=eid))
-            return service.delete_row(session, row=row, busy_jobs=busy).model_dump(mode="json")
+            busy = len(jobs.active_for_experiment(session, experiment_id=eid))  # one may have started meanwhile
+            out, job_ids = service.delete_row(session, row=row, busy_jobs=busy)
+            return out.model_dump(mode="json"), job_ids
 
-    out = await run_in_threadpool(delete)
-    await run_in_threadpool(shutil.rmtree, ctx.settings.data_dir / "experiments" / eid, True)
+    def remove(job_ids: list[str]) -> None:
+        for folder in service.folders_of(ctx.settings.data_dir, eid, job_ids):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    out, job_ids = await ctx.pools.run("db", delete)
+    await ctx.pools.run("files", remove, job_ids)  # after the commit: the rows never name missing folders
     return out
 
 
@@ -184,7 +204,7 @@ async def experiment_action(experiment_id: str, request: Request, caller: Caller
         with ctx.db.session() as session:
             return service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
 
-    row = await run_in_threadpool(load)
+    row = await ctx.pools.run("db", load)
     if job.action == ExperimentAction.INFERENCE:
         return await _inference(ctx, row, job)
 
@@ -194,7 +214,7 @@ async def experiment_action(experiment_id: str, request: Request, caller: Caller
                 session, experiment=row, request=job, allow_expressions=ctx.settings.allow_expression_overrides
             ).id
 
-    job_id = await run_in_threadpool(create)
+    job_id = await ctx.pools.run("db", create)
     if job.action == ExperimentAction.ANNOTATION:
         ctx.hub.launch(job_id)
     else:
@@ -216,15 +236,25 @@ async def _inference(ctx: Context, row: Experiment, job: ExperimentJob) -> Respo
             f"Error: real-time inference is off for experiment {row.id}; create an experiment with "
             "realtime_infer true to run inference."
         )
-    image = await run_in_threadpool(realtime.resolve_image, ctx, row=row, specs=specs)
-    files = await ctx.hosts.infer(
+    image = await ctx.pools.run("storage", realtime.resolve_image, ctx, row=row, specs=specs)
+    outputs = await ctx.hosts.infer(
         realtime.host_spec(row),
         image=image,
         params=dict(specs.bundle_params),
         timeout=row.realtime_infer_request_timeout,
         start_timeout=ctx.settings.host_start_timeout_s,  # a host not running yet (a restart) loads first
     )
-    if not files:
-        raise Invalid("Error: the model produced no output file.")
-    body, content_type = await run_in_threadpool(encode_multipart, files)
-    return Response(content=body, status_code=201, media_type=None, headers={"Content-Type": content_type})
+
+    # The output files stay on disk until sent: closing them and removing their folder is the stream's last step.
+    def close() -> None:
+        ctx.pools.executor("files").submit(outputs.close)
+
+    try:
+        if not outputs.files:
+            raise Invalid("Error: the model produced no output file.")
+        encoder = multipart_stream(outputs.files)
+        headers = {"Content-Type": encoder.content_type, "Content-Length": str(encoder.len)}
+    except BaseException:
+        close()
+        raise
+    return StreamingResponse(chunks(ctx.pools, encoder.read, close=close), status_code=201, headers=headers)

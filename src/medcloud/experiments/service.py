@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from medcloud.bundles.overrides import check_overrides, check_params
@@ -165,9 +166,23 @@ def names_using_workspace(session: Session, *, workspace_id: str) -> list[str]:
     return [r.name for r in session.scalars(select(Experiment).where(Experiment.workspace == workspace_id))]
 
 
-def delete_row(session: Session, *, row: Experiment, busy_jobs: int = 0) -> ExperimentOut:
+def delete_row(session: Session, *, row: Experiment, busy_jobs: int = 0) -> tuple[ExperimentOut, list[str]]:
+    """Delete the experiment and its (finished) job rows; return its API shape and the deleted job ids."""
+    from medcloud.jobs.orm import Job
+
     if busy_jobs:
         raise Conflict("Experiment in use")
-    out = to_out(row)
+    ids = job_ids(session, row.id)
+    out = to_out(row, ids)
+    session.execute(delete(Job).where(Job.experiment_id == row.id))
     session.delete(row)
-    return out
+    return out, ids
+
+
+def folders_of(data_dir: Path, experiment_id: str, jobs: list[str]) -> list[Path]:
+    """What the experiment left on disk: its bundle folder, its model host's folder, its jobs' folders."""
+    return [
+        data_dir / "experiments" / experiment_id,
+        data_dir / "hosts" / experiment_id,
+        *(data_dir / "jobs" / job_id for job_id in jobs),
+    ]

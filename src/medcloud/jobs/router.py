@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
+import tempfile
+from pathlib import Path
+from typing import IO
 
 from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
+from medcloud.api.streaming import chunks
+from medcloud.confined import open_regular
 from medcloud.errors import Invalid
 from medcloud.experiments import service as experiments
 from medcloud.jobs import files, service
@@ -17,6 +22,7 @@ from medcloud.jobs.states import JobStatus
 from medcloud.learning.actions import begin_cancel
 
 router = APIRouter(prefix="/api/v1/orgs/{org}/experiments/{experiment_id}/jobs")
+LOGS_NOT_YET = "Logs for the job are not available yet."
 
 
 def _ids(experiment_id: str, job_id: str | None = None) -> tuple[str, str | None]:
@@ -24,12 +30,16 @@ def _ids(experiment_id: str, job_id: str | None = None) -> tuple[str, str | None
 
 
 @router.get("")
-def list_jobs(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+async def list_jobs(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid, _ = _ids(experiment_id)
-    with ctx.db.session() as session:
-        experiments.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
-        rows = service.list_for_experiment(session, experiment_id=eid)
-        return {"jobs": [service.to_out(r).model_dump(mode="json") for r in reversed(rows)]}
+
+    def run() -> dict:
+        with ctx.db.session() as session:
+            experiments.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
+            rows = service.list_for_experiment(session, experiment_id=eid)
+            return {"jobs": [service.to_out(r).model_dump(mode="json") for r in reversed(rows)]}
+
+    return await ctx.pools.run("db", run)
 
 
 @router.post("/{job_id}:cancel")
@@ -41,57 +51,100 @@ async def cancel_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: Ct
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
             return begin_cancel(session, row)
 
-    message, to_kill = await run_in_threadpool(run)
+    message, to_kill = await ctx.pools.run("db", run)
     for kill_id in to_kill:
         await ctx.runner.cancel(kill_id)
     ctx.hub.wake_all()
     return {"message": message}
 
 
+def _pack(directory: Path, job_id: str, data_dir: Path) -> IO[bytes]:
+    """The job's results and log as a .tar.gz in an unnamed temporary file (rewound): on disk, not in memory."""
+    # In the data dir: private, and on the disk of the results. Closed by the response stream.
+    out = tempfile.TemporaryFile(dir=data_dir)  # noqa: SIM115
+    try:
+        with tarfile.open(fileobj=out, mode="w:gz") as tar:
+            for name in (files.RESULTS, files.LOG):
+                path = directory / name
+                if os.path.lexists(path):
+                    tar.add(path, arcname=f"{job_id}/{name}")  # links are stored as links, never followed
+        out.seek(0)
+        return out
+    except BaseException:
+        out.close()
+        raise
+
+
 @router.get("/{job_id}:download")
-async def download_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> Response:
+async def download_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> StreamingResponse:
     eid, jid = _ids(experiment_id, job_id)
 
-    def run() -> bytes:
+    def check() -> None:
         with ctx.db.session() as session:
             service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
-        directory = files.job_dir(ctx.settings.data_dir, jid)
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            for name in (files.RESULTS, files.LOG):
-                if (directory / name).exists():
-                    tar.add(directory / name, arcname=f"{jid}/{name}")
-        return buffer.getvalue()
 
-    body = await run_in_threadpool(run)
-    return Response(
-        body, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{jid}.tar.gz"'}
+    await ctx.pools.run("db", check)
+    packed = await ctx.pools.run("files", _pack, files.job_dir(ctx.settings.data_dir, jid), jid, ctx.settings.data_dir)
+    size = os.fstat(packed.fileno()).st_size
+    return StreamingResponse(
+        chunks(ctx.pools, packed.read, close=packed.close),
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{jid}.tar.gz"', "Content-Length": str(size)},
     )
 
 
+def _open_log(directory: Path) -> io.TextIOWrapper:
+    """The log as text, as it was always served: UTF-8, bad bytes replaced, newlines made `\\n`.
+
+    Opened without following links: model code may own the job folder.
+    """
+    try:
+        binary = open_regular(directory / files.LOG, directory)
+    except FileNotFoundError:
+        raise Invalid(LOGS_NOT_YET) from None
+    except OSError as exc:
+        raise Invalid(f"The job's log cannot be read: {exc.strerror or exc}.") from None
+    return io.TextIOWrapper(binary, encoding="utf-8", errors="replace")
+
+
 @router.get("/{job_id}/logs")
-def job_logs(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> PlainTextResponse:
+async def job_logs(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> StreamingResponse:
     eid, jid = _ids(experiment_id, job_id)
-    with ctx.db.session() as session:
-        row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
-        status = row.status
-    log_path = files.job_dir(ctx.settings.data_dir, jid) / files.LOG
-    if status == JobStatus.PENDING or not log_path.exists():
-        raise Invalid("Logs for the job are not available yet.")
-    return PlainTextResponse(log_path.read_text(errors="replace"))
+
+    def status() -> str:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
+            return row.status
+
+    if await ctx.pools.run("db", status) == JobStatus.PENDING:
+        raise Invalid(LOGS_NOT_YET)
+    log = await ctx.pools.run("files", _open_log, files.job_dir(ctx.settings.data_dir, jid))
+
+    def read(size: int) -> bytes:
+        return log.read(size).encode()  # `size` characters: at most 4 bytes each
+
+    return StreamingResponse(chunks(ctx.pools, read, close=log.close), media_type="text/plain")
 
 
 @router.get("/{job_id}")
-def get_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+async def get_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid, jid = _ids(experiment_id, job_id)
-    with ctx.db.session() as session:
-        row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
-        return service.to_out(row).model_dump(mode="json")
+
+    def run() -> dict:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
+            return service.to_out(row).model_dump(mode="json")
+
+    return await ctx.pools.run("db", run)
 
 
 @router.delete("/{job_id}")
-def delete_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+async def delete_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid, jid = _ids(experiment_id, job_id)
-    with ctx.db.session() as session:
-        row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
-        return service.delete(session, row=row).model_dump(mode="json")
+
+    def run() -> dict:
+        with ctx.db.session() as session:
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
+            return service.delete(session, row=row).model_dump(mode="json")
+
+    return await ctx.pools.run("db", run)

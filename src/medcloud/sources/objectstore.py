@@ -33,6 +33,7 @@ from medcloud.sources.locations import (  # noqa: F401  (re-exported: callers im
     resolve_root,
 )
 from medcloud.sources.manifest import Manifest, ManifestImage, check_relative_path, parse_manifest
+from medcloud.sources.manifest_cache import MANIFESTS, stamp_of
 
 
 @contextmanager
@@ -113,14 +114,19 @@ class ObjectStoreSource:
         *,
         endpoint_url: str | None = None,
         check_files: bool = True,
+        cache_key: str | None = None,
     ) -> ObjectStoreSource:
-        """Connect, read and validate the manifest and (unless told not to) check every listed file exists."""
+        """Connect, read and validate the manifest and (unless told not to) check every listed file exists.
+
+        With `cache_key` (a dataset id) the parsed manifest is reused while the file's stamp is unchanged:
+        one metadata request instead of reading and parsing it again.
+        """
         location = parse_client_url(client_url, client_id, client_secret, endpoint_url=endpoint_url)
         fs = location.filesystem()
         manifest_url = (
             location.url if location.url.lower().endswith(".json") else (f"{location.url.rstrip('/')}/manifest.json")
         )
-        manifest = parse_manifest(_read_manifest(fs, location), source=manifest_url)
+        manifest = _cached_manifest(fs, location, manifest_url, cache_key)
         root = resolve_root(location, manifest.root_path, client_id, client_secret, endpoint_url=endpoint_url)
         source = cls(location, manifest, root, fs)
         if check_files:
@@ -249,6 +255,25 @@ class ObjectStoreSource:
                     self._dirs.add(rel)
                 elif remote not in files:
                     raise Invalid(f"File {rel} listed in the manifest was not found.")
+
+
+def _cached_manifest(
+    fs: fsspec.AbstractFileSystem, location: StoreLocation, manifest_url: str, cache_key: str | None
+) -> Manifest:
+    """The parsed manifest, from `MANIFESTS` when its stamp is the one cached under `cache_key`."""
+    if cache_key is None:
+        return parse_manifest(_read_manifest(fs, location), source=manifest_url)
+    try:  # taken before the read: a change in between only costs one more read later
+        stamp = stamp_of(fs.info(location.manifest_path))
+    except Exception:  # noqa: BLE001 - the read below reports what is wrong, in words
+        stamp = None
+    where = (location.url, location.manifest_path)
+    if stamp is not None and (hit := MANIFESTS.get(cache_key, where, stamp)) is not None:
+        return hit
+    manifest = parse_manifest(_read_manifest(fs, location), source=manifest_url)
+    if stamp is not None:
+        MANIFESTS.put(cache_key, where, stamp, manifest)
+    return manifest
 
 
 def _read_manifest(fs: fsspec.AbstractFileSystem, location: StoreLocation) -> bytes:
