@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The demo's bundles are zip files on this machine: allow local bundle paths here explicitly (the
+# server's default refuses them, a bundle is code). Set it to false before calling to keep them off.
+export MEDCLOUD_BUNDLE_ALLOW_LOCAL_PATHS="${MEDCLOUD_BUNDLE_ALLOW_LOCAL_PATHS:-true}"
 exec .venv/bin/medcloud serve "$@"

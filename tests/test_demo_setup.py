@@ -14,7 +14,7 @@ from medcloud.demo.setup import prepare_demo
 
 
 def test_demo_prepares_everything_guide_000_needs_and_is_idempotent(tmp_path):
-    ctx = Context.build(Settings(data_dir=tmp_path))
+    ctx = Context.build(Settings(data_dir=tmp_path, bundle_allow_local_paths=True))  # as scripts/serve.sh does
     out = io.StringIO()
     prepare_demo(ctx, out=out)
     key = out.getvalue().strip().splitlines()[-1]

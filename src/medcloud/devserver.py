@@ -15,6 +15,15 @@ from pathlib import Path
 import httpx
 
 
+# Test and benchmark servers fetch bundles, images and storage from this machine: loopback and local
+# bundle paths are allowed explicitly (the server's defaults refuse both); `env` overrides these.
+LOOPBACK_ENV = {
+    "MEDCLOUD_EGRESS_ALLOWED_NETWORKS": '["127.0.0.0/8", "::1/128"]',
+    "MEDCLOUD_BUNDLE_ALLOW_LOCAL_PATHS": "true",
+    "MEDCLOUD_BUNDLE_ALLOWED_HOSTS": '["127.0.0.1", "localhost"]',
+}
+
+
 @dataclass
 class Server:
     url: str
@@ -95,7 +104,7 @@ def medcloud_serve(data_dir: Path, env: dict[str, str] | None = None, timeout_s:
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**LOOPBACK_ENV, **os.environ, **(env or {})},
         )
     url = f"http://127.0.0.1:{port}"
     try:

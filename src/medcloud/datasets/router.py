@@ -23,10 +23,18 @@ router = APIRouter(prefix="/api/v1/orgs/{org}/datasets")
 async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
     body = await parse_body(request, DatasetCreate)
 
+    body = body.model_copy(update={"client_url": body.client_url.strip()})
     if service.is_local(body.client_url) and not ctx.settings.dataset_allow_local_paths:
         raise Invalid("Datasets on this server's own folders are not allowed (MEDCLOUD_DATASET_ALLOW_LOCAL_PATHS).")
 
     def run() -> dict:
+        service.check_egress(
+            client_url=body.client_url,
+            client_id=body.client_id,
+            client_secret=body.client_secret,
+            filters=body.filters,
+            settings=ctx.settings,
+        )
         kind, _source = service.open_source(
             client_url=body.client_url,
             client_id=body.client_id,

@@ -9,6 +9,8 @@ from collections import defaultdict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from medcloud import egress
+from medcloud.config import Settings
 from medcloud.datasets.orm import Dataset, ServedImage
 from medcloud.datasets.schemas import DatasetCreate, DatasetOut, DatasetPatch
 from medcloud.db import Database, get_owned
@@ -25,7 +27,32 @@ def is_dicomweb(client_url: str, filters: str | None) -> bool:
 
 
 def is_local(client_url: str) -> bool:
-    return client_url.startswith(("/", "file://", "~", "."))
+    """Anything without a remote scheme is this server's own files: `FILE:///etc`, ` /etc` and `rel/dir` too."""
+    from medcloud.sources.locations import REMOTE_SCHEMES
+
+    return egress.scheme_of(client_url, what="client_url") not in REMOTE_SCHEMES
+
+
+def check_egress(
+    *, client_url: str, client_id: str | None, client_secret: str | None, filters: str | None, settings: Settings
+) -> None:
+    """The hosts a remote source would connect to pass the egress policy (blocking: resolves names).
+
+    Checked when the dataset is created: storage and DICOMweb clients resolve names again themselves.
+    """
+    if is_local(client_url):
+        return
+    policy = egress.Policy.from_settings(settings)
+    if is_dicomweb(client_url, filters):
+        from medcloud.sources.dicomweb import parse_dicomweb_url
+
+        root, _auth = parse_dicomweb_url(client_url, client_id, client_secret)
+        egress.check_url(root, policy, what="client_url")
+        return
+    from medcloud.sources.locations import parse_client_url
+
+    location = parse_client_url(client_url, client_id, client_secret)
+    egress.check_urls(location.endpoints(), policy, what="client_url")
 
 
 def open_source(
@@ -55,7 +82,7 @@ def open_source(
 def source_of(row: Dataset, box: SecretBox) -> DataSource:
     secrets = box.open(row.sealed_secrets)
     _kind, source = open_source(
-        client_url=row.client_url,
+        client_url=secrets.get("client_url") or row.client_url,  # sealed when it holds a secret
         client_id=secrets.get("client_id"),
         client_secret=secrets.get("client_secret"),
         filters=row.filters,
@@ -72,7 +99,7 @@ def to_out(row: Dataset) -> DatasetOut:
         description=row.description,
         type=row.type,
         format=row.format,
-        client_url=row.client_url,
+        client_url=egress.redact_url(row.client_url),
         filters=row.filters,
         created_on=row.created_on,
         last_modified=row.last_modified,
@@ -88,9 +115,16 @@ def create(session: Session, *, org: str, user_id: str, body: DatasetCreate, kin
         type=body.type,
         format=body.format,
         source_kind=kind,
-        client_url=body.client_url,
+        # A URL holding a secret (a SAS `sig=`, `user:pass@`) is kept redacted in clear, whole only sealed.
+        client_url=egress.redact_url(body.client_url),
         filters=body.filters,
-        sealed_secrets=box.seal({"client_id": body.client_id, "client_secret": body.client_secret}),
+        sealed_secrets=box.seal(
+            {
+                "client_id": body.client_id,
+                "client_secret": body.client_secret,
+                **({"client_url": body.client_url} if egress.has_secrets(body.client_url) else {}),
+            }
+        ),
     )
     session.add(row)
     session.flush()

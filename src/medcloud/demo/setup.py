@@ -72,6 +72,13 @@ def prepare_demo(ctx: Context, out: TextIO) -> None:
         user_id, _token = auth.login(session, api_key=key, signing_key=ctx.signing_key, ttl_s=60)
     dataset_id, image_ids = _demo_dataset(ctx, user_id, demo_dir / "dataset")
     base = f"http://{ctx.settings.host}:{ctx.settings.port}"
+    if not ctx.settings.bundle_allow_local_paths:
+        # The demo bundles are local files: this server refuses them unless the operator allows local paths.
+        print(
+            "Note: local bundle paths are off on this server: start it with MEDCLOUD_BUNDLE_ALLOW_LOCAL_PATHS=true "
+            "(scripts/serve.sh does) to use the bundle_url values below.",
+            file=out,
+        )
     print(
         "\nmedcloud demo is ready. In guide 000 set:\n"
         f'  host_url = "{base}"\n'

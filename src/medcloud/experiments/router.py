@@ -8,6 +8,7 @@ import shutil
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from medcloud import egress
 from medcloud.api.body import parse_body, validate
 from medcloud.api.deps import Caller, CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
@@ -29,6 +30,7 @@ from medcloud.experiments.schemas import (
 from medcloud.inference.outputs import multipart_stream
 from medcloud.jobs import service as jobs
 from medcloud.learning import actions as learning
+from medcloud.workspaces import storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/orgs/{org}")
@@ -62,6 +64,9 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
     body = service.normalise(body)
 
     def check() -> Experiment | None:
+        public, secret = storage.split_inline(body.cloud_details)  # before any download: a refusal is cheap
+        if public.get("cloud_type"):
+            storage.check_policy(public["cloud_type"], public, secret, ctx.settings)
         with ctx.db.session() as session:
             return service.check_references(session, org=caller.org, user_id=caller.user_id, body=body)
 
@@ -81,7 +86,7 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
         inference_dataset=body.inference_dataset,
         realtime_infer=body.realtime_infer,
         realtime_infer_request_timeout=body.realtime_infer_request_timeout,
-        bundle_url=body.bundle_url,
+        bundle_url=egress.redact_url(body.bundle_url) if body.bundle_url else None,  # whole only sealed
         workspace=body.workspace,
     )
     try:
@@ -112,19 +117,20 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
         return await ctx.pools.run("db", insert)
     except BaseException as exc:
         if isinstance(exc, BundleError):
-            log.warning("Bundle %s rejected: %s", body.bundle_url, exc.detail)
+            log.warning("Bundle %s rejected: %s", egress.redact_url(body.bundle_url or ""), exc.detail)
         await ctx.hosts.stop(exp_id)
         await ctx.pools.run("files", shutil.rmtree, exp_dir, True)
         raise
 
 
 def _seal_cloud_details(ctx: Context, row: Experiment, body: ExperimentCreate) -> None:
-    """Inline storage of older clients: secrets sealed, the rest kept as given."""
-    details = dict(body.cloud_details or {})
-    details.update(details.pop("cloud_specific_details", None) or {})  # the workspace shape, inline
-    secret_keys = {"access_key", "secret_key", "account_key", "client_secret", "credentials"}
-    row.cloud_details = {k: v for k, v in details.items() if k not in secret_keys}
-    row.sealed_cloud_secrets = ctx.box.seal({k: v for k, v in details.items() if k in secret_keys})
+    """Inline storage of older clients: known non-secret keys in clear, everything else sealed (with a
+    `bundle_url` that holds a secret, whose redacted form is the row's)."""
+    public, secret = storage.split_inline(body.cloud_details)
+    if body.bundle_url and egress.has_secrets(body.bundle_url):
+        secret["bundle_url"] = body.bundle_url
+    row.cloud_details = public
+    row.sealed_cloud_secrets = ctx.box.seal(secret)
 
 
 @router.post("/experiments", status_code=201)
@@ -209,6 +215,7 @@ async def experiment_action(experiment_id: str, request: Request, caller: Caller
         return await _inference(ctx, row, job)
 
     def create() -> str:
+        learning.check_egress(job.specs, ctx.settings)  # MLflow's tracking_uri
         with ctx.db.session() as session:
             return learning.create_job(
                 session, experiment=row, request=job, allow_expressions=ctx.settings.allow_expression_overrides

@@ -70,9 +70,21 @@ class ExperimentCreate(BaseModel):
     realtime_infer: bool = False
     realtime_infer_request_timeout: int = Field(default=60, gt=0, le=24 * 3600)
     bundle_url: str | None = None
+    # Pins the bundle archive: the download (or local archive) must have this SHA-256, else 400.
+    bundle_sha256: str | None = Field(default=None, description="SHA-256 (64 hex digits) of the bundle archive.")
     workspace: str | None = None
     cloud_details: dict[str, Any] | None = None
     model_params: ModelParams = Field(default_factory=ModelParams)
+
+    @field_validator("bundle_sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip().lower().removeprefix("sha256:")
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise ValueError("bundle_sha256 must be the 64 hexadecimal digits of the archive's SHA-256")
+        return text
 
 
 class ExperimentPatch(BaseModel):

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from medcloud.bundles.overrides import check_overrides, check_params
 from medcloud.datasets.orm import Dataset
 from medcloud.db import get_owned
+from medcloud.egress import redact_url
 from medcloud.errors import Conflict, Invalid
 from medcloud.experiments import catalogue
 from medcloud.experiments.orm import Experiment
@@ -49,7 +50,7 @@ def to_out(row: Experiment, jobs: list[str] | None = None) -> ExperimentOut:
         realtime_infer=row.realtime_infer,
         realtime_infer_support=True,
         realtime_infer_request_timeout=row.realtime_infer_request_timeout,
-        bundle_url=row.bundle_url,
+        bundle_url=redact_url(row.bundle_url) if row.bundle_url else None,  # rows stored before redaction too
         workspace=row.workspace,
         model_params=dict(row.model_params),
         actions=CUSTOM_ACTIONS,

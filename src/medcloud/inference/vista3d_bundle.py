@@ -60,7 +60,7 @@ def _fetch_into(value: str, dest: Path, settings: Settings) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
     try:
         try:
-            bundle = fetch_bundle(value, staging / "bundle", settings)
+            bundle = fetch_bundle(value, staging / "bundle", settings, trusted=True)  # the operator's setting
         except BundleError as exc:
             raise Invalid(f"{SETTING} ({value}) could not be used: {exc.detail}.") from None
         except Invalid as exc:

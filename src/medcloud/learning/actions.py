@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from medcloud import egress
 from medcloud.bundles.overrides import check_params, check_train_specs
+from medcloud.config import Settings
 from medcloud.errors import Conflict, Invalid, NotFound
 from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import CUSTOM_ARCHS, ExperimentJob
@@ -133,3 +135,21 @@ def _cancel_one(session: Session, job: Job, to_kill: list[str]) -> str | None:
                 to_kill.append(job.id)
             return status.value
     return None
+
+
+def check_egress(specs: dict[str, Any], settings: Settings) -> None:
+    """An MLflow `tracking_uri` (of a train job, or an annotation's `train_spec`) is an http(s) URL the egress
+    policy allows, and holds no credentials: job specs are returned to clients and stored in clear (MLflow
+    reads credentials from MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN in the server's environment)."""
+    for where, value in (("specs", specs), ("specs.train_spec", specs.get("train_spec"))):
+        uri = value.get("tracking_uri") if isinstance(value, dict) else None
+        if uri is None or uri == "":
+            continue
+        if not isinstance(uri, str):
+            raise Invalid(f"Invalid Input. `{where}.tracking_uri` must be a string.")
+        if egress.has_secrets(uri):
+            raise Invalid(
+                f"Invalid Input. `{where}.tracking_uri` may not hold credentials or a query: set them in the "
+                "server's environment (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN)."
+            )
+        egress.check_url(uri, egress.Policy.from_settings(settings), what="tracking_uri")

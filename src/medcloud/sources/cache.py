@@ -106,6 +106,32 @@ class ImageCache:
             self._remove(self.root / _digest(dataset_id))
         self._empty_trash_and_stale_tmp()
 
+    def trim(self, dataset_id: str, max_bytes: int, *, keep: str | None = None) -> int:
+        """Remove the least recently used entries of `dataset_id` until its files fit `max_bytes` (never
+        `keep`, the image just served); how many were removed. Caps namespaces anyone can fill (image URLs)."""
+        removed = 0
+        with self._lock:
+            entries = []
+            for index in (self.root / _digest(dataset_id)).glob(f"*/{_INDEX}"):
+                entry = self._read(index.parent)
+                if entry is None or (keep is not None and index.parent == self._dir((dataset_id, keep))):
+                    continue
+                size = sum(p.stat().st_size for p in (index.parent / _FILES).rglob("*") if p.is_file())
+                entries.append((entry.last_access, size, index.parent))
+            kept = self._dir((dataset_id, keep)) if keep is not None else None
+            total = sum(size for _, size, _ in entries)
+            if kept is not None and kept.exists():
+                total += sum(p.stat().st_size for p in (kept / _FILES).rglob("*") if p.is_file())
+            for _, size, folder in sorted(entries, key=lambda e: e[0]):
+                if total <= max_bytes:
+                    break
+                self._remove(folder)
+                total -= size
+                removed += 1
+        if removed:
+            self._empty_trash_and_stale_tmp()
+        return removed
+
     def _ttl(self, ttl_s: float | None) -> float:
         if ttl_s is None:
             return float(self.max_ttl_s)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlunsplit
 
 import numpy as np
 import pydicom
@@ -26,6 +26,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.datadict import tag_for_keyword
 
+from medcloud.egress import split_url
 from medcloud.errors import Invalid, MedcloudError, Unavailable
 from medcloud.imaging.seg import seg_to_labels
 from medcloud.imaging.series import SeriesVolume, as_part10, read_series, write_label_nifti, write_nifti
@@ -53,7 +54,7 @@ def parse_dicomweb_url(
     client_url: str, client_id: str | None, client_secret: str | None
 ) -> tuple[str, tuple[str, str] | None]:
     """(the DICOMweb root without credentials, query or trailing slash; Basic-auth pair or None)."""
-    parts = urlsplit((client_url or "").strip())
+    parts = split_url(client_url, what="client_url")  # a malformed URL is a 400, not a crash
     netloc = parts.netloc.rsplit("@", 1)[-1]
     url = urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
@@ -158,6 +159,8 @@ class DicomWebSource:
         query = parse_filters(filters)
         session = requests.Session()
         session.auth = auth
+        # The root was checked against the egress policy; a redirect could lead anywhere else: none followed.
+        session.max_redirects = 0
         source = cls(url, session, query)
         with dicomweb_errors(url, fault=Invalid):
             source._probe()

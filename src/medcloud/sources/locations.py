@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -21,9 +22,12 @@ from urllib.request import url2pathname
 
 import fsspec
 
+from medcloud.egress import split_url
 from medcloud.errors import Invalid
 
 CONNECT_TIMEOUT_S = 3
+# Schemes naming another machine; anything else (no scheme, file://, a drive letter) is this server's files.
+REMOTE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https"})
 READ_TIMEOUT_S = 60
 MAX_MANIFEST_BYTES = 256 * 1024**2
 _SECRET_OPTIONS = {"key", "secret", "account_key", "sas_token", "connection_string", "token", "credential"}
@@ -70,9 +74,25 @@ class StoreLocation:
                 random_jitter_range=0.2,
                 connection_timeout=CONNECT_TIMEOUT_S,
                 read_timeout=READ_TIMEOUT_S,
+                permit_redirects=False,  # the endpoint was checked against the egress policy, a redirect was not
             )
             sync(fs.loop, old.close)
         return fs
+
+    def endpoints(self) -> list[str]:
+        """The URLs the client chose that this location connects to, for the egress policy (default cloud
+        endpoints of `s3://` and `gs://` are not among them)."""
+        options = self.storage_options
+        urls: list[str | None] = []
+        if self.protocol == "s3":
+            urls.append((options.get("client_kwargs") or {}).get("endpoint_url"))
+        elif self.protocol == "abfs":
+            match = re.search(r"BlobEndpoint=([^;]+);", options.get("connection_string", ""))
+            urls.append(match[1] if match else None)
+        elif self.protocol == "gcs":
+            token = options.get("token")
+            urls += [options.get("endpoint_url"), token.get("token_uri") if isinstance(token, dict) else None]
+        return [str(url) for url in urls if url]
 
     def secrets(self) -> list[str]:
         """The secret strings inside `storage_options`, to scrub from any text shown or logged."""
@@ -120,7 +140,7 @@ def parse_client_url(
 
 
 def _parse_store_url(url: str, cid: str | None, secret: str | None, endpoint_url: str | None) -> _Parsed:
-    parts = urlsplit(url)
+    parts = split_url(url, what="client_url")
     scheme, display = parts.scheme.lower(), _display(url)
     bucket_path = f"{parts.netloc}{parts.path}"
     if scheme in ("s3", "s3a"):
@@ -218,7 +238,10 @@ def _gcs(path: str, secret: str | None, endpoint: str | None, display: str) -> _
 
 def _display(url: str) -> str:
     """The URL without user info, query (SAS tokens) or fragment."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # malformed (`http://[::1/x`): show only what cannot hold a secret
+        return re.sub(r"//[^/?#]*@", "//", re.split(r"[?#]", url, maxsplit=1)[0])
     if not parts.scheme or len(parts.scheme) == 1:
         return url
     netloc = parts.netloc.rsplit("@", 1)[-1]
@@ -252,4 +275,16 @@ def resolve_root(
     path = posixpath.normpath(path)
     if path.startswith("..") or path == "." or (location.protocol != "file" and path.startswith("/")):
         raise Invalid(f"The manifest's root_path {root_path!r} is outside the storage of {location.url}.")
+    if location.protocol == "file" and not _inside(path, location.root):
+        # A local dataset reads this server's disk: only its own folder, whatever the manifest says.
+        raise Invalid(
+            f"The manifest's root_path {root_path!r} is outside the dataset's folder {location.url}; "
+            "a local dataset's files must be inside its own folder."
+        )
     return path
+
+
+def _inside(path: str, root: str) -> bool:
+    """`path` is `root` or below it, links resolved (a link inside the folder may point anywhere)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip("/") + "/")

@@ -24,7 +24,7 @@ def _split(details: CloudDetails) -> tuple[dict, dict]:
     raw = details.model_dump(exclude_none=True)
     public = {k: v for k, v in raw.items() if k not in SECRET_DETAIL_KEYS}
     secret = {k: v for k, v in raw.items() if k in SECRET_DETAIL_KEYS}
-    return public, secret
+    return storage.split_secrets(public, secret)
 
 
 def to_out(row: Workspace) -> WorkspaceOut:
@@ -33,7 +33,7 @@ def to_out(row: Workspace) -> WorkspaceOut:
         name=row.name,
         description=row.description,
         cloud_type=row.cloud_type,
-        cloud_specific_details=dict(row.details),
+        cloud_specific_details=storage.split_secrets(dict(row.details), {})[0],  # redacted, rows of old too
         created_on=row.created_on,
         last_modified=row.last_modified,
     )
@@ -42,6 +42,7 @@ def to_out(row: Workspace) -> WorkspaceOut:
 def verify(*, cloud_type: str, details: CloudDetails, settings: Settings) -> None:
     """Connect with the given details (blocking I/O: call from a worker thread)."""
     public, secret = _split(details)
+    storage.check_policy(cloud_type, public, secret, settings)
     storage.check(storage.location(cloud_type, public, secret, settings))
 
 
