@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 
-
 # Test and benchmark servers fetch bundles, images and storage from this machine: loopback and local
 # bundle paths are allowed explicitly (the server's defaults refuse both); `env` overrides these.
 LOOPBACK_ENV = {
