@@ -80,7 +80,7 @@ def prepare_vista3d(ctx: Context, *, body: ExperimentCreate, exp_dir: Path) -> t
     return str(own), labels
 
 
-def host_spec(row: Experiment) -> HostSpec:
+def host_spec(row: Experiment, settings: Settings) -> HostSpec:
     params = row.model_params or {}
     kind = "vista3d" if row.network_arch == NetworkArch.VISTA3D else "bundle"
     return HostSpec(
@@ -90,6 +90,7 @@ def host_spec(row: Experiment) -> HostSpec:
         overrides=params.get("override") or {},
         image_key=params.get("image_key", "image"),
         labels=params.get("labels") or {},
+        allow_expression_overrides=settings.allow_expression_overrides,
     )
 
 
@@ -120,7 +121,8 @@ def _download_image(url: str, dest: Path, settings: Settings) -> list[Path]:
 def resolve_image(ctx: Context, *, row: Experiment, specs: InferenceSpecs) -> str:
     """The local path of the image to infer on (blocking: fetches it unless cached)."""
     if specs.image.strip().lower().startswith(("http://", "https://")):
-        key = hashlib.sha256(specs.image.encode()).hexdigest()[:32]
+        # per user: a URL one user could fetch (a signed link, say) is never served from cache to another
+        key = hashlib.sha256(f"{row.org}\n{row.user_id}\n{specs.image}".encode()).hexdigest()[:32]
         files = ctx.cache.get_or_fetch(URL_IMAGES, key, lambda dest: _download_image(specs.image, dest, ctx.settings))
         # Anyone may name any URL: the cache of URL images is capped, least recently used evicted first.
         ctx.cache.trim(URL_IMAGES, ctx.settings.url_image_cache_max_bytes, keep=key)

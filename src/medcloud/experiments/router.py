@@ -106,7 +106,7 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
         _seal_cloud_details(ctx, row, body)
         if body.realtime_infer:
             # Loading a model may take far longer than answering one request.
-            await ctx.hosts.start(realtime.host_spec(row), timeout=ctx.settings.host_start_timeout_s)
+            await ctx.hosts.start(realtime.host_spec(row, ctx.settings), timeout=ctx.settings.host_start_timeout_s)
 
         def insert() -> dict:
             with ctx.db.session() as session:
@@ -245,7 +245,7 @@ async def _inference(ctx: Context, row: Experiment, job: ExperimentJob) -> Respo
         )
     image = await ctx.pools.run("storage", realtime.resolve_image, ctx, row=row, specs=specs)
     outputs = await ctx.hosts.infer(
-        realtime.host_spec(row),
+        realtime.host_spec(row, ctx.settings),
         image=image,
         params=dict(specs.bundle_params),
         timeout=row.realtime_infer_request_timeout,
