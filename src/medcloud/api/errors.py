@@ -23,8 +23,8 @@ STATUS_BY_ERROR: dict[type[errors.MedcloudError], int] = {
 }
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error_desc": message, "error_code": status})
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error_desc": message, "error_code": status}, headers=headers)
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:
@@ -50,8 +50,14 @@ def install(app: FastAPI) -> None:
         return error_response(400, describe_validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # The router's own 404/405 say only "Not Found": name what was asked. Headers carry 405's `Allow`.
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"Not Found: no API route {request.url.path}."
+        elif exc.status_code == 405 and message == "Method Not Allowed":
+            message = f"Method {request.method} is not allowed on {request.url.path}."
+        return error_response(exc.status_code, message, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

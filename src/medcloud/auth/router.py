@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from medcloud.api import openapi
 from medcloud.api.body import parse_body
 from medcloud.api.deps import CtxDep
 from medcloud.auth import service
@@ -17,7 +18,14 @@ class LoginRequest(BaseModel):
     ngc_api_key: str = Field(min_length=1)
 
 
-@router.post("/api/v1/login", status_code=201)
+class LoginOut(BaseModel):
+    user_id: str
+    token: str = Field(description="Send as `Authorization: Bearer <token>`.")
+
+
+@router.post(
+    "/api/v1/login", status_code=201, openapi_extra=openapi.body(LoginRequest), responses=openapi.ok(201, LoginOut)
+)
 async def login(request: Request, ctx: CtxDep) -> JSONResponse:
     """Accepts the body with or without a JSON content type, as the guides send it."""
     body = await parse_body(request, LoginRequest)

@@ -7,19 +7,33 @@ from functools import partial
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from medcloud.api import openapi
 from medcloud.api.body import parse_body
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
 from medcloud.datasets import actions, service
 from medcloud.datasets.orm import Dataset
-from medcloud.datasets.schemas import DatasetAction, DatasetCreate, DatasetJob, DatasetPatch
+from medcloud.datasets.schemas import (
+    CacheImageJob,
+    DatasetAction,
+    DatasetCreate,
+    DatasetJob,
+    DatasetOut,
+    DatasetPatch,
+    NextImageJob,
+    NextImageOut,
+    NotifyJob,
+)
 from medcloud.errors import Invalid
 from medcloud.experiments import service as experiments
 
 router = APIRouter(prefix="/api/v1/orgs/{org}/datasets")
+DatasetList = openapi.list_model("DatasetList", "datasets", DatasetOut)
+# nextimage answers an image; cacheimage and notify answer `{}`.
+ACTION_OUT = {"anyOf": [openapi.ref(NextImageOut), {"type": "object", "maxProperties": 0}]}
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, openapi_extra=openapi.body(DatasetCreate), responses=openapi.ok(201, DatasetOut))
 async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
     body = await parse_body(request, DatasetCreate)
 
@@ -49,7 +63,7 @@ async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JS
     return JSONResponse(status_code=201, content=await ctx.pools.run("storage", run))
 
 
-@router.get("")
+@router.get("", openapi_extra=openapi.listing(), responses=openapi.ok(200, DatasetList))
 async def list_datasets(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
     def run() -> list[dict]:
         with ctx.db.session() as session:
@@ -59,7 +73,7 @@ async def list_datasets(request: Request, caller: CallerDep, ctx: CtxDep) -> dic
     return apply_list_params(request, await ctx.pools.run("db", run), "datasets")
 
 
-@router.get("/{dataset_id}")
+@router.get("/{dataset_id}", responses=openapi.ok(200, DatasetOut))
 async def get_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     did = checked_uuid(dataset_id, "Dataset")
 
@@ -71,7 +85,7 @@ async def get_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     return await ctx.pools.run("db", run)
 
 
-@router.patch("/{dataset_id}")
+@router.patch("/{dataset_id}", openapi_extra=openapi.body(DatasetPatch), responses=openapi.ok(200, DatasetOut))
 async def patch_dataset(dataset_id: str, request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
     did = checked_uuid(dataset_id, "Dataset")
     body = await parse_body(request, DatasetPatch)
@@ -84,7 +98,7 @@ async def patch_dataset(dataset_id: str, request: Request, caller: CallerDep, ct
     return await ctx.pools.run("db", run)
 
 
-@router.delete("/{dataset_id}")
+@router.delete("/{dataset_id}", responses=openapi.ok(200, DatasetOut))
 async def delete_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     did = checked_uuid(dataset_id, "Dataset")
 
@@ -98,7 +112,12 @@ async def delete_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dic
     return await ctx.pools.run("db", run)
 
 
-@router.post("/{dataset_id}/jobs", status_code=201)
+@router.post(
+    "/{dataset_id}/jobs",
+    status_code=201,
+    openapi_extra=openapi.body(NextImageJob, CacheImageJob, NotifyJob, discriminator="action"),
+    responses=openapi.ok(201, content={"application/json": ACTION_OUT}),
+)
 async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
     did = checked_uuid(dataset_id, "Dataset")
     job = await parse_body(request, DatasetJob)

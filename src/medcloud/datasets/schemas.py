@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from medcloud.timestamps import UtcDatetime
 
 
 class DatasetAction(StrEnum):
@@ -43,8 +44,8 @@ class DatasetOut(BaseModel):
     format: str
     client_url: str
     filters: str | None
-    created_on: datetime
-    last_modified: datetime
+    created_on: UtcDatetime
+    last_modified: UtcDatetime
 
 
 class DatasetJob(BaseModel):
@@ -57,3 +58,41 @@ class CacheImageSpecs(BaseModel):
     model_config = ConfigDict(extra="ignore")
     image: str = Field(min_length=1)
     ttl: int | None = None
+
+
+# The shapes below only describe the API in OpenAPI (api/openapi.py): the router parses `DatasetJob`
+# and each action checks its own specs, with the sentences API.md asks for.
+
+
+class NotifyEntry(BaseModel):
+    image: str = Field(min_length=1, description="Image id.")
+    label: str = Field(min_length=1, description="Label id (for DICOMweb, the SEG's SeriesInstanceUID).")
+
+
+class NotifySpecs(BaseModel):
+    """At least one section; each a list of entries or a single entry."""
+
+    model_config = ConfigDict(extra="forbid")
+    added: list[NotifyEntry] | NotifyEntry | None = None
+    updated: list[NotifyEntry] | NotifyEntry | None = None
+    removed: list[NotifyEntry] | NotifyEntry | None = None
+
+
+class NextImageJob(BaseModel):
+    action: Literal["nextimage"]
+    specs: dict[str, Any] = Field(default_factory=dict, description="Ignored.")
+
+
+class CacheImageJob(BaseModel):
+    action: Literal["cacheimage"]
+    specs: CacheImageSpecs
+
+
+class NotifyJob(BaseModel):
+    action: Literal["notify"]
+    specs: NotifySpecs
+
+
+class NextImageOut(BaseModel):
+    image: str
+    meta: dict[str, Any]

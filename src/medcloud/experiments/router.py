@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from medcloud import egress
+from medcloud.api import openapi
 from medcloud.api.body import parse_body, validate
 from medcloud.api.deps import Caller, CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
@@ -21,11 +22,16 @@ from medcloud.errors import Conflict, Invalid
 from medcloud.experiments import catalogue, realtime, service
 from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import (
+    AnnotationJob,
+    BatchInferJob,
     ExperimentAction,
     ExperimentCreate,
     ExperimentJob,
+    ExperimentOut,
     ExperimentPatch,
+    InferenceJob,
     InferenceSpecs,
+    TrainJob,
 )
 from medcloud.inference.outputs import multipart_stream
 from medcloud.jobs import service as jobs
@@ -34,15 +40,25 @@ from medcloud.workspaces import storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/orgs/{org}")
+ExperimentList = openapi.list_model("ExperimentList", "experiments", ExperimentOut)
+# `inference` answers its output files; the asynchronous actions answer the new job's id.
+ACTION_OUT = {
+    "application/json": {"type": "string", "format": "uuid", "description": "The id of the job created."},
+    "multipart/form-data": {
+        "type": "object",
+        "description": "`inference`: one part per output file, named by its relative file name.",
+        "additionalProperties": {"type": "string", "format": "binary"},
+    },
+}
 
 
-@router.get("/experiments:base")
+@router.get("/experiments:base", openapi_extra=openapi.listing(), responses=openapi.ok(200, ExperimentList))
 def list_base_experiments(request: Request, caller: CallerDep) -> dict:
     items = [b.model_dump(mode="json") for b in catalogue.base_experiments()]
     return apply_list_params(request, items, "experiments")
 
 
-@router.get("/experiments")
+@router.get("/experiments", openapi_extra=openapi.listing(user_only=True), responses=openapi.ok(200, ExperimentList))
 async def list_experiments(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
     def run() -> list[dict]:
         with ctx.db.session() as session:
@@ -133,13 +149,18 @@ def _seal_cloud_details(ctx: Context, row: Experiment, body: ExperimentCreate) -
     row.sealed_cloud_secrets = ctx.box.seal(secret)
 
 
-@router.post("/experiments", status_code=201)
+@router.post(
+    "/experiments",
+    status_code=201,
+    openapi_extra=openapi.body(ExperimentCreate),
+    responses=openapi.ok(201, ExperimentOut),
+)
 async def create_experiment(request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
     body = await parse_body(request, ExperimentCreate)
     return JSONResponse(status_code=201, content=await _create(ctx, caller, body))
 
 
-@router.get("/experiments/{experiment_id}")
+@router.get("/experiments/{experiment_id}", responses=openapi.ok(200, ExperimentOut))
 async def get_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid = checked_uuid(experiment_id, "Experiment")
     base = catalogue.get_base(eid)
@@ -154,7 +175,11 @@ async def get_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> 
     return await ctx.pools.run("db", run)
 
 
-@router.patch("/experiments/{experiment_id}")
+@router.patch(
+    "/experiments/{experiment_id}",
+    openapi_extra=openapi.body(ExperimentPatch),
+    responses=openapi.ok(200, ExperimentOut),
+)
 async def patch_experiment(experiment_id: str, request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
     eid = checked_uuid(experiment_id, "Experiment")
     body = await parse_body(request, ExperimentPatch)
@@ -172,7 +197,7 @@ async def patch_experiment(experiment_id: str, request: Request, caller: CallerD
     return out
 
 
-@router.delete("/experiments/{experiment_id}")
+@router.delete("/experiments/{experiment_id}", responses=openapi.ok(200, ExperimentOut))
 async def delete_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid = checked_uuid(experiment_id, "Experiment")
 
@@ -201,7 +226,12 @@ async def delete_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) 
     return out
 
 
-@router.post("/experiments/{experiment_id}/jobs", status_code=201)
+@router.post(
+    "/experiments/{experiment_id}/jobs",
+    status_code=201,
+    openapi_extra=openapi.body(InferenceJob, TrainJob, AnnotationJob, BatchInferJob, discriminator="action"),
+    responses=openapi.ok(201, content=ACTION_OUT),
+)
 async def experiment_action(experiment_id: str, request: Request, caller: CallerDep, ctx: CtxDep) -> Response:
     eid = checked_uuid(experiment_id, "Experiment")
     job = await parse_body(request, ExperimentJob)

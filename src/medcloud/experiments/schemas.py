@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medcloud.bundles.overrides import forbidden_keys
+from medcloud.timestamps import UtcDatetime
 
 
 class NetworkArch(StrEnum):
@@ -119,8 +119,8 @@ class ExperimentOut(BaseModel):
     actions: list[str]
     jobs: list[str] = Field(default_factory=list)
     public: bool = False
-    created_on: datetime
-    last_modified: datetime
+    created_on: UtcDatetime
+    last_modified: UtcDatetime
 
 
 class ExperimentJob(BaseModel):
@@ -137,3 +137,67 @@ class InferenceSpecs(BaseModel):
     image: str = Field(min_length=1)
     bundle_params: dict[str, Any] = Field(default_factory=dict)
     dataset_id: str | None = None
+
+
+# The shapes below only describe the API in OpenAPI (api/openapi.py): the router parses `ExperimentJob`
+# and `learning.actions` checks each action's specs, with the sentences API.md asks for.
+
+
+class _JobFields(BaseModel):
+    name: str | None = None
+    description: str | None = None
+    parent_job_id: str | None = Field(default=None, description="A job of the same experiment.")
+
+
+class InferenceJob(_JobFields):
+    """Real-time inference: answers 201 multipart/form-data, one part per output file."""
+
+    action: Literal["inference"]
+    specs: InferenceSpecs
+
+
+class TrainSpecs(BaseModel):
+    """Bundle config overrides (any other key, e.g. `train#trainer#max_epochs`), and the keys the server reads."""
+
+    model_config = ConfigDict(extra="allow")
+    config_file: str | list[str] = Field(default="configs/train.json", description="Relative to the bundle.")
+    logging_file: str | None = None
+    meta_file: str | None = None
+    tracking: Literal["mlflow"] | None = None
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+    save_execute_config: bool | None = None
+    num_gpu: int | None = Field(default=None, ge=0)
+    epochs: int | None = Field(default=None, ge=1)
+    val_interval: int | None = Field(default=None, ge=1)
+
+
+class TrainJob(_JobFields):
+    action: Literal["train"]
+    specs: TrainSpecs = Field(default_factory=TrainSpecs)
+
+
+class StopCriteria(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_rounds: int | None = None
+    key_metric: float | None = None
+
+
+class AnnotationSpecs(BaseModel):
+    round_size: int = Field(default=1, ge=1)
+    stop_criteria: StopCriteria = Field(default_factory=StopCriteria)
+    train_spec: TrainSpecs = Field(default_factory=TrainSpecs, description="Specs of each round's train job.")
+
+
+class AnnotationJob(_JobFields):
+    action: Literal["annotation"]
+    specs: AnnotationSpecs = Field(default_factory=AnnotationSpecs)
+
+
+class BatchInferSpecs(BaseModel):
+    train_job_id: str | None = Field(default=None, description="A Done train job: use its fine-tuned model.")
+
+
+class BatchInferJob(_JobFields):
+    action: Literal["batchinfer"]
+    specs: BatchInferSpecs = Field(default_factory=BatchInferSpecs)

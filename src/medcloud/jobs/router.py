@@ -12,16 +12,19 @@ from typing import IO
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from medcloud.api import openapi
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.streaming import chunks
 from medcloud.confined import open_regular
 from medcloud.errors import Invalid
 from medcloud.experiments import service as experiments
 from medcloud.jobs import files, service
+from medcloud.jobs.schemas import JobOut
 from medcloud.jobs.states import JobStatus
 from medcloud.learning.actions import begin_cancel
 
 router = APIRouter(prefix="/api/v1/orgs/{org}/experiments/{experiment_id}/jobs")
+JobList = openapi.list_model("JobList", "jobs", JobOut, paged=False)
 LOGS_NOT_YET = "Logs for the job are not available yet."
 
 
@@ -29,7 +32,7 @@ def _ids(experiment_id: str, job_id: str | None = None) -> tuple[str, str | None
     return checked_uuid(experiment_id, "Experiment"), checked_uuid(job_id, "Job") if job_id is not None else None
 
 
-@router.get("")
+@router.get("", responses=openapi.ok(200, JobList))
 async def list_jobs(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid, _ = _ids(experiment_id)
 
@@ -42,7 +45,7 @@ async def list_jobs(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     return await ctx.pools.run("db", run)
 
 
-@router.post("/{job_id}:cancel")
+@router.post("/{job_id}:cancel", responses=openapi.ok(200, openapi.Message))
 async def cancel_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid, jid = _ids(experiment_id, job_id)
 
@@ -75,7 +78,10 @@ def _pack(directory: Path, job_id: str, data_dir: Path) -> IO[bytes]:
         raise
 
 
-@router.get("/{job_id}:download")
+@router.get(
+    "/{job_id}:download",
+    responses=openapi.ok(200, content={"application/gzip": {"type": "string", "format": "binary"}}),
+)
 async def download_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> StreamingResponse:
     eid, jid = _ids(experiment_id, job_id)
 
@@ -107,7 +113,7 @@ def _open_log(directory: Path) -> io.TextIOWrapper:
     return io.TextIOWrapper(binary, encoding="utf-8", errors="replace")
 
 
-@router.get("/{job_id}/logs")
+@router.get("/{job_id}/logs", responses=openapi.ok(200, content={"text/plain": {"type": "string"}}))
 async def job_logs(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> StreamingResponse:
     eid, jid = _ids(experiment_id, job_id)
 
@@ -126,7 +132,7 @@ async def job_logs(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxD
     return StreamingResponse(chunks(ctx.pools, read, close=log.close), media_type="text/plain")
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=openapi.ok(200, JobOut))
 async def get_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid, jid = _ids(experiment_id, job_id)
 
@@ -138,7 +144,7 @@ async def get_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDe
     return await ctx.pools.run("db", run)
 
 
-@router.delete("/{job_id}")
+@router.delete("/{job_id}", responses=openapi.ok(200, JobOut))
 async def delete_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     eid, jid = _ids(experiment_id, job_id)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
+
+from medcloud.timestamps import UtcDatetime
 
 
 class JobOut(BaseModel):
@@ -20,5 +21,5 @@ class JobOut(BaseModel):
     experiment_id: str | None
     dataset_id: str | None
     heartbeat: float | None = None  # Unix time the runner last saw the job's process alive
-    created_on: datetime
-    last_modified: datetime
+    created_on: UtcDatetime
+    last_modified: UtcDatetime

@@ -5,17 +5,19 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from medcloud.api import openapi
 from medcloud.api.body import parse_body
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
 from medcloud.experiments import service as experiments
 from medcloud.workspaces import service
-from medcloud.workspaces.schemas import WorkspaceCreate, WorkspacePatch
+from medcloud.workspaces.schemas import WorkspaceCreate, WorkspaceOut, WorkspacePatch
 
 router = APIRouter(prefix="/api/v1/orgs/{org}/workspaces")
+WorkspaceList = openapi.list_model("WorkspaceList", "workspaces", WorkspaceOut)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, openapi_extra=openapi.body(WorkspaceCreate), responses=openapi.ok(201, WorkspaceOut))
 async def create_workspace(request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
     body = await parse_body(request, WorkspaceCreate)
     details = body.cloud_specific_details
@@ -29,7 +31,7 @@ async def create_workspace(request: Request, caller: CallerDep, ctx: CtxDep) -> 
     return JSONResponse(status_code=201, content=await ctx.pools.run("db", run))
 
 
-@router.get("")
+@router.get("", openapi_extra=openapi.listing(), responses=openapi.ok(200, WorkspaceList))
 async def list_workspaces(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
     def run() -> list[dict]:
         with ctx.db.session() as session:
@@ -39,7 +41,7 @@ async def list_workspaces(request: Request, caller: CallerDep, ctx: CtxDep) -> d
     return apply_list_params(request, await ctx.pools.run("db", run), "workspaces")
 
 
-@router.get("/{workspace_id}")
+@router.get("/{workspace_id}", responses=openapi.ok(200, WorkspaceOut))
 async def get_workspace(workspace_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     wid = checked_uuid(workspace_id, "Workspace")
 
@@ -51,7 +53,7 @@ async def get_workspace(workspace_id: str, caller: CallerDep, ctx: CtxDep) -> di
     return await ctx.pools.run("db", run)
 
 
-@router.patch("/{workspace_id}")
+@router.patch("/{workspace_id}", openapi_extra=openapi.body(WorkspacePatch), responses=openapi.ok(200, WorkspaceOut))
 async def patch_workspace(workspace_id: str, request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
     wid = checked_uuid(workspace_id, "Workspace")
     body = await parse_body(request, WorkspacePatch)
@@ -73,7 +75,7 @@ async def patch_workspace(workspace_id: str, request: Request, caller: CallerDep
     return await ctx.pools.run("db", run)
 
 
-@router.delete("/{workspace_id}")
+@router.delete("/{workspace_id}", responses=openapi.ok(200, WorkspaceOut))
 async def delete_workspace(workspace_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     wid = checked_uuid(workspace_id, "Workspace")
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from medcloud.timestamps import UtcDatetime
 
 SECRET_DETAIL_KEYS = ("access_key", "secret_key", "account_key", "credentials")
 
@@ -49,5 +50,5 @@ class WorkspaceOut(BaseModel):
     description: str
     cloud_type: str
     cloud_specific_details: dict
-    created_on: datetime
-    last_modified: datetime
+    created_on: UtcDatetime
+    last_modified: UtcDatetime
