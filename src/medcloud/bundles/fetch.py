@@ -62,6 +62,12 @@ def fetch_bundle(url: str, dest: Path, settings: Settings, *, sha256: str | None
     if not trusted and not settings.bundle_allow_local_paths:
         raise Invalid("Local bundle paths are not allowed on this server (MEDCLOUD_BUNDLE_ALLOW_LOCAL_PATHS).")
     path = _local_path(text, scheme)
+    try:
+        kind = path.lstat().st_mode if path.is_absolute() or trusted else None
+    except OSError as exc:  # a missing path, a name too long, a folder we may not enter: the client's mistake
+        raise BundleError(f"{path}: {exc.strerror}") from None
+    if kind is None:
+        raise BundleError(f"{text} is not an absolute path")
     if path.is_dir():
         if sha256:
             raise Invalid("bundle_sha256 pins an archive (zip, tar, tar.gz); the bundle_url names a folder.")
