@@ -43,6 +43,20 @@ def hostile(tmp_path, local_dataset, demo_bundles, monkeypatch):
         yield api, probe, tmp_path / "data"
 
 
+def _probe_experiment(api, probe: Path, *, realtime: bool) -> str:
+    """Bob's experiment on the hostile bundle: its code runs when the host loads or the job trains."""
+    body = {
+        "name": "probe",
+        "network_arch": "monai_custom",
+        "train_datasets": [api.bob_dataset],
+        "realtime_infer": realtime,
+        "bundle_url": f"file://{pack_bundle(probe, probe.parent, 'zip')}",
+    }
+    resp = api.post("experiments", user="bob", json=body)
+    assert resp.status_code == 201, resp.text
+    return resp.json()["id"]
+
+
 def _assert_contained(report: dict, data_dir: Path) -> None:
     assert report["env"] == [], report["env"]
     assert not report["secret_key"].startswith("ok"), report
@@ -60,32 +74,15 @@ def _assert_contained(report: dict, data_dir: Path) -> None:
 @pytest.mark.skipif(not ROOT_WITH_GROUP, reason="the uid sandbox needs a root server (and the set-up's group)")
 def test_model_host_code_reaches_no_secret_and_no_other_experiment(hostile):
     api, probe, data_dir = hostile
-    body = {
-        "name": "probe",
-        "network_arch": "monai_custom",
-        "train_datasets": [api.bob_dataset],
-        "realtime_infer": True,
-        "bundle_url": f"file://{pack_bundle(probe, probe.parent, 'zip')}",
-    }
-    resp = api.post("experiments", user="bob", json=body)
-    assert resp.status_code == 201, resp.text
-    report = _probe_report(data_dir / "hosts" / resp.json()["id"] / "probe.json")
+    exp_id = _probe_experiment(api, probe, realtime=True)
+    report = _probe_report(data_dir / "hosts" / exp_id / "probe.json")
     _assert_contained(report, data_dir)
 
 
 @pytest.mark.skipif(not ROOT_WITH_GROUP, reason="the uid sandbox needs a root server (and the set-up's group)")
 def test_train_job_code_reaches_no_secret_and_its_planted_links_are_not_followed(hostile):
     api, probe, data_dir = hostile
-    body = {
-        "name": "probe-train",
-        "network_arch": "monai_custom",
-        "train_datasets": [api.bob_dataset],
-        "realtime_infer": False,
-        "bundle_url": f"file://{pack_bundle(probe, probe.parent, 'zip')}",
-    }
-    resp = api.post("experiments", user="bob", json=body)
-    assert resp.status_code == 201, resp.text
-    exp_id = resp.json()["id"]
+    exp_id = _probe_experiment(api, probe, realtime=False)
     resp = api.post(
         f"experiments/{exp_id}/jobs", user="bob", json={"action": "train", "specs": {"train#trainer#max_epochs": 1}}
     )

@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import tempfile
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from medcloud.confined import open_regular
+from medcloud.errors import MedcloudError
 
 LOG = "logs.txt"
 PROGRESS = "progress.json"
 OUTCOME = "outcome.json"
 RESULTS = "results"
+
+
+def outcome_of(work: Callable[[], dict[str, Any]], log: logging.Logger) -> dict[str, Any]:
+    """`work()`'s outcome (`{"status": "Done", ...}`), or an Error one with a sentence for the user."""
+    try:
+        return work()
+    except MedcloudError as exc:
+        log.error("Job failed: %s", exc.message)
+        return {"status": "Error", "message": exc.message}
+    except Exception as exc:
+        log.error("Job failed:\n%s", "".join(traceback.format_exception(exc)))
+        return {"status": "Error", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def exit_now(code: int) -> NoReturn:
+    """Everything is written: skip the interpreter's slow teardown (torch, CUDA) so the parent sees the end at once."""
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def job_dir(data_dir: Path, job_id: str) -> Path:

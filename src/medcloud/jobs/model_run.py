@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
-from medcloud.errors import MedcloudError
 from medcloud.jobs import files
 from medcloud.jobs.spec import MODEL_RESULT, SPEC, JobSpec
 
@@ -40,21 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     spec = JobSpec.read(args.job_dir / SPEC)
-    try:
-        outcome = {"status": "Done", "result": run(spec, args.job_dir)}
-    except MedcloudError as exc:
-        log.error("Job failed: %s", exc.message)
-        outcome = {"status": "Error", "message": exc.message}
-    except Exception as exc:
-        log.error("Job failed:\n%s", "".join(traceback.format_exception(exc)))
-        outcome = {"status": "Error", "message": f"{type(exc).__name__}: {exc}"}
+    outcome = files.outcome_of(lambda: {"status": "Done", "result": run(spec, args.job_dir)}, log)
     files.write_json(args.job_dir / MODEL_RESULT, outcome)
     return 0 if outcome["status"] == "Done" else 1
 
 
 if __name__ == "__main__":
-    code = main()
-    # Everything is written: skip the interpreter's slow teardown (torch, CUDA) so the worker sees the end at once.
-    logging.shutdown()
-    sys.stdout.flush()
-    os._exit(code)
+    files.exit_now(main())

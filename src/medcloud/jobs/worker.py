@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 from medcloud.config import Settings
 from medcloud.context import Context
-from medcloud.errors import MedcloudError
 from medcloud.experiments.orm import Experiment
 from medcloud.jobs import files
 from medcloud.jobs.orm import Job
@@ -74,14 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             directory / files.OUTCOME, {"status": "Error", "message": "The job or its experiment is gone."}
         )
         return 1
-    try:
-        outcome = run_job(ctx, job, experiment, directory)
-    except MedcloudError as exc:
-        log.error("Job failed: %s", exc.message)
-        outcome = {"status": "Error", "message": exc.message}
-    except Exception as exc:
-        log.error("Job failed:\n%s", "".join(traceback.format_exception(exc)))
-        outcome = {"status": "Error", "message": f"{type(exc).__name__}: {exc}"}
+    outcome = files.outcome_of(lambda: run_job(ctx, job, experiment, directory), log)
     try:
         from medcloud.learning.upload import upload_results
 
@@ -94,8 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Everything is written: skip the interpreter's slow teardown so the runner sees the end at once.
-    logging.shutdown()
-    sys.stdout.flush()
-    os._exit(code)
+    files.exit_now(main())
