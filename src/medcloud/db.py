@@ -66,6 +66,9 @@ def make_engine(url: str) -> Engine:
         url,
         connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
         pool_pre_ping=not is_sqlite,
+        # every thread pool of pools.py may hold a connection at once: never make a request wait for one
+        pool_size=32,
+        max_overflow=32,
     )
     if is_sqlite:
 
