@@ -193,7 +193,7 @@ async def patch_experiment(experiment_id: str, request: Request, caller: CallerD
 
     out, stopped = await ctx.pools.run("db", run)
     if stopped:
-        await ctx.hosts.stop(eid)
+        await ctx.hosts.stop(eid, retire=True)
     return out
 
 
@@ -208,7 +208,7 @@ async def delete_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) 
                 raise Conflict("Experiment in use")
 
     await ctx.pools.run("db", check)
-    await ctx.hosts.stop(eid)
+    await ctx.hosts.stop(eid, retire=True)
 
     def delete() -> tuple[dict, list[str]]:
         with ctx.db.session() as session:
@@ -221,7 +221,11 @@ async def delete_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) 
         for folder in service.folders_of(ctx.settings.data_dir, eid, job_ids):
             shutil.rmtree(folder, ignore_errors=True)
 
-    out, job_ids = await ctx.pools.run("db", delete)
+    try:
+        out, job_ids = await ctx.pools.run("db", delete)
+    except BaseException:
+        ctx.hosts.revive(eid)  # still there: its next request starts the host again
+        raise
     await ctx.pools.run("files", remove, job_ids)  # after the commit: the rows never name missing folders
     return out
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from medcloud.config import Settings
 from medcloud.confined import open_regular
-from medcloud.errors import Invalid, Unavailable
+from medcloud.errors import Conflict, Invalid, Unavailable
 
 if TYPE_CHECKING:
     from medcloud.sandbox import Sandbox
@@ -169,6 +169,9 @@ class HostManager:
         self.python = settings.host_python or sys.executable
         self._hosts: dict[str, ModelHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Experiments deleted or turned off: a request that read the row before and waited behind the stop
+        # must not start a new host for them.
+        self._retired: set[str] = set()
 
     def _lock(self, experiment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(experiment_id, asyncio.Lock())
@@ -183,6 +186,7 @@ class HostManager:
     async def start(self, spec: HostSpec, timeout: float) -> None:
         """Start (or restart) the experiment's host and wait until it is warm (`timeout`: for loading)."""
         async with self._lock(spec.experiment_id):
+            self._retired.discard(spec.experiment_id)
             await self._start_locked(spec, timeout)
 
     async def _start_locked(self, spec: HostSpec, timeout: float) -> ModelHost:
@@ -212,6 +216,11 @@ class HostManager:
         the host has to start first (after a restart, or after the host died), which may take far longer.
         """
         async with self._lock(spec.experiment_id):
+            if spec.experiment_id in self._retired:
+                raise Conflict(
+                    f"Error: experiment {spec.experiment_id} was deleted, or its real-time inference turned off, "
+                    "while this request waited."
+                )
             host = self._hosts.get(spec.experiment_id)
             if host is None or not host.alive:
                 host = await self._start_locked(spec, timeout if start_timeout is None else start_timeout)
@@ -262,11 +271,18 @@ class HostManager:
             if not reply.get("ok"):
                 raise Unavailable(f"Error: swapping weights failed: {reply.get('error')}")
 
-    async def stop(self, experiment_id: str) -> None:
+    async def stop(self, experiment_id: str, *, retire: bool = False) -> None:
+        """Stop the experiment's host; `retire`: and start none for requests already waiting (delete, turn off)."""
         async with self._lock(experiment_id):
+            if retire:
+                self._retired.add(experiment_id)
             host = self._hosts.pop(experiment_id, None)
             if host is not None:
                 await self._run(host.stop)
+
+    def revive(self, experiment_id: str) -> None:
+        """The delete did not happen after all: the experiment's next request may start its host again."""
+        self._retired.discard(experiment_id)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(eid) for eid in list(self._hosts)))
