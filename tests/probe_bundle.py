@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-PROBE = r'''
+PROBE = r"""
 import json, os
 from pathlib import Path
 
@@ -40,7 +40,7 @@ if (cwd / "logs.txt").exists():
     os.replace(cwd / "logs.txt", cwd / "real-logs.txt")
     os.symlink(data / "secret.key", cwd / "logs.txt")
 (cwd / "probe.json").write_text(json.dumps(report))
-'''
+"""
 
 
 def make_probe_bundle(source: Path, out: Path, other_file: Path) -> Path:

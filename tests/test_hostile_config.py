@@ -61,7 +61,12 @@ def hostile(tmp_path_factory, demo_zips):
         plain = api.post("experiments", json={**common, "name": "plain"})
         assert rt.status_code == 201 and plain.status_code == 201, (rt.text, plain.text)
         yield SimpleNamespace(
-            api=api, dataset=dataset, dataset_id=dataset_id, rt=rt.json(), plain=plain.json(), marker=marker,
+            api=api,
+            dataset=dataset,
+            dataset_id=dataset_id,
+            rt=rt.json(),
+            plain=plain.json(),
+            marker=marker,
             common=common,
         )
 
@@ -293,7 +298,9 @@ def test_operator_setting_allows_expressions(tmp_path, local_dataset, demo_zips)
         )
         assert rt.status_code == 201, rt.text
         image = json.loads((local_dataset / "manifest.json").read_text())["data"][0]["image"]["id"]
-        answer = api.post(f"experiments/{rt.json()['id']}/jobs", json={"action": "inference", "specs": {"image": image}})
+        answer = api.post(
+            f"experiments/{rt.json()['id']}/jobs", json={"action": "inference", "specs": {"image": image}}
+        )
         assert answer.status_code == 201, answer.text
         assert "_mask.nrrd" in answer.headers["Content-Type"] or b"_mask.nrrd" in answer.content
 
@@ -308,7 +315,9 @@ def test_stored_hostile_override_is_refused_at_inference(hostile):
         row.model_params = {**row.model_params, "override": {"x": f"$open({str(hostile.marker)!r}, 'w')"}}
     try:
         entry = manifest_entries(hostile.dataset)[0]
-        resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": entry["image"]["id"]}})
+        resp = api.post(
+            f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": entry["image"]["id"]}}
+        )
         assert_refused(resp, "model_params.override.x", hostile.marker)
     finally:
         with api.ctx.db.session() as session:
@@ -406,7 +415,11 @@ def test_batch_output_cannot_escape_the_predictions_folder(tmp_path, monkeypatch
     (images / "a" / "ct.nii.gz").write_bytes(b"x")
     job_dir = tmp_path / "jobs" / "j"
     spec = JobSpec(
-        job_id="j", action="batchinfer", experiment_id="e", network_arch="monai_segmentation", bundle_dir="",
+        job_id="j",
+        action="batchinfer",
+        experiment_id="e",
+        network_arch="monai_segmentation",
+        bundle_dir="",
         images=[
             {"id": "../../../escape", "dir": "../../../escape", "path": str(images / "a")},
             {"id": "ok", "dir": "ok", "path": str(images / "a")},

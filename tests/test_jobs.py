@@ -196,10 +196,20 @@ def test_job_ids_unknown_foreign_or_malformed(api, local_dataset, demo_zips):
 def test_results_go_to_inline_cloud_details_of_older_clients(api, local_dataset, demo_zips, s3_server):
     client = s3_client(s3_server)
     client.create_bucket(Bucket="inlineresults")
-    exp = seg_experiment(api, local_dataset, demo_zips, cloud_details={
-        "cloud_type": "aws", "cloud_specific_details": {
-            "cloud_bucket_name": "inlineresults", "access_key": s3_server.key, "secret_key": s3_server.secret,
-            "endpoint_url": s3_server.endpoint_url}})
+    exp = seg_experiment(
+        api,
+        local_dataset,
+        demo_zips,
+        cloud_details={
+            "cloud_type": "aws",
+            "cloud_specific_details": {
+                "cloud_bucket_name": "inlineresults",
+                "access_key": s3_server.key,
+                "secret_key": s3_server.secret,
+                "endpoint_url": s3_server.endpoint_url,
+            },
+        },
+    )
     assert s3_server.secret not in str(exp)
     job_id = start(api, exp, {"epochs": 1})
     assert wait_status(api, exp, job_id, {"Done", "Error"})["status"] == "Done"

@@ -17,7 +17,18 @@ from test_realtime_inference import create_dataset, create_experiment
 
 from medcloud.demo.bundles import pack_bundle
 
-ROOT_WITH_GROUP = os.geteuid() == 0
+
+def _root_with_group() -> bool:
+    import grp
+
+    try:
+        grp.getgrnam("medcloud-model")
+    except KeyError:
+        return False
+    return os.geteuid() == 0
+
+
+ROOT_WITH_GROUP = _root_with_group()
 SECRET = "s" * 40
 
 

@@ -70,7 +70,9 @@ class Settings(BaseSettings):
         description="Accept MONAI expressions, references and components in client overrides (trusted clients only).",
     )
     max_body_bytes: int = Field(
-        default=16 * 1024**2, ge=1024, description="Largest request body accepted (413 above); API bodies are small JSON."
+        default=16 * 1024**2,
+        ge=1024,
+        description="Largest request body accepted (413 above); API bodies are small JSON.",
     )
 
     dataset_allow_local_paths: bool = Field(
@@ -87,7 +89,9 @@ class Settings(BaseSettings):
     egress_max_bytes: int = Field(default=2 * 1024**3, ge=1, description="Largest image downloaded from a URL.")
     egress_deadline_s: float = Field(default=900.0, gt=0, description="Longest a download from a client URL may take.")
     url_image_cache_max_bytes: int = Field(
-        default=10 * 1024**3, ge=0, description="Images fetched from URLs kept in the cache; least recently used go first."
+        default=10 * 1024**3,
+        ge=0,
+        description="Images fetched from URLs kept in the cache; least recently used go first.",
     )
     archive_max_unpacked_bytes: int = Field(default=8 * 1024**3, ge=1, description="Most bytes one archive unpacks to.")
     archive_max_members: int = Field(default=100_000, ge=1, description="Most members one archive may hold.")
@@ -138,7 +142,13 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json").items():
             if value is None:
                 continue
-            text = json.dumps(value) if isinstance(value, list | dict) else str(value).lower() if isinstance(value, bool) else str(value)
+            text = (
+                json.dumps(value)
+                if isinstance(value, list | dict)
+                else str(value).lower()
+                if isinstance(value, bool)
+                else str(value)
+            )
             env[f"MEDCLOUD_{name.upper()}"] = text
         return env
 

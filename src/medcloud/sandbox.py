@@ -241,7 +241,9 @@ class Sandbox:
         env.update(extra or {})
         return env
 
-    def popen_kwargs(self, *, experiment_id: str, home: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    def popen_kwargs(
+        self, *, experiment_id: str, home: Path, extra_env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """`subprocess.Popen` arguments that run a model process as the experiment's identity."""
         (home / "tmp").mkdir(parents=True, exist_ok=True)
         self.prepare(home, experiment_id=experiment_id)

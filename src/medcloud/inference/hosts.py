@@ -248,7 +248,9 @@ class HostManager:
 
     def _stage_weights(self, experiment_id: str, weights: Path, work_dir: Path) -> Path:
         sandbox = self._sandbox()
-        staged = sandbox.stage(weights, work_dir / "weights" / uuid.uuid4().hex / "model.pt", experiment_id=experiment_id)
+        staged = sandbox.stage(
+            weights, work_dir / "weights" / uuid.uuid4().hex / "model.pt", experiment_id=experiment_id
+        )
         sandbox.prepare(work_dir / "weights", experiment_id=experiment_id)
         return staged
 

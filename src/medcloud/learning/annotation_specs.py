@@ -25,7 +25,9 @@ def check_stop_criteria(value: Any) -> dict[str, Any]:
     if value.get("max_rounds") is not None:
         _positive_int(value["max_rounds"], "stop_criteria.max_rounds")
     metric = value.get("key_metric")
-    if metric is not None and (isinstance(metric, bool) or not isinstance(metric, int | float) or not math.isfinite(metric)):
+    if metric is not None and (
+        isinstance(metric, bool) or not isinstance(metric, int | float) or not math.isfinite(metric)
+    ):
         raise Invalid("Invalid Input. `stop_criteria.key_metric` must be a finite number.")
     return dict(value)
 

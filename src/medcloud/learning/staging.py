@@ -54,8 +54,13 @@ class Stager:
         out = []
         for index, item in enumerate(items):
             where = (kind, f"{index:05d}")
-            out.append({**item, "image": self.link(item["image"], *where, "image"),
-                        "label": self.link(item["label"], *where, "label")})
+            out.append(
+                {
+                    **item,
+                    "image": self.link(item["image"], *where, "image"),
+                    "label": self.link(item["label"], *where, "label"),
+                }
+            )
         return out
 
 
@@ -122,13 +127,21 @@ def stage_job(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) 
     if job.action == "train":
         train_items, val_items = _train_items(ctx, experiment)
         spec.train_items, spec.val_items = stager.items(train_items, "train"), stager.items(val_items, "validation")
-        log.info("Data lists ready in %.1f s: %d training, %d validation images",
-                 time.perf_counter() - started, len(train_items), len(val_items))
+        log.info(
+            "Data lists ready in %.1f s: %d training, %d validation images",
+            time.perf_counter() - started,
+            len(train_items),
+            len(val_items),
+        )
     elif job.action == "batchinfer":
         spec.images, spec.failed = _batch_images(ctx, experiment, stager)
         spec.weights = _weights(ctx, job, stager)
-        log.info("%d images ready in %.1f s (%d could not be fetched)",
-                 len(spec.images), time.perf_counter() - started, len(spec.failed))
+        log.info(
+            "%d images ready in %.1f s (%d could not be fetched)",
+            len(spec.images),
+            time.perf_counter() - started,
+            len(spec.failed),
+        )
     else:
         raise Invalid(f"unknown job action {job.action!r}")
     return spec
