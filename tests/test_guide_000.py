@@ -14,8 +14,10 @@ import threading
 from functools import partial
 
 import pytest
-from guides import create_key, guide_cells, medcloud_serve, substitute
+from guides import create_key, guide_cells, medcloud_serve, requires_guides, substitute
 from services import AZURITE_ACCOUNT, upload_folder_to_azure
+
+pytestmark = requires_guides
 
 ORG = "iasixjqzw1hj"  # the org written in the guide
 
