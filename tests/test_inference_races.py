@@ -72,7 +72,8 @@ def test_delete_during_an_inference_answers_it_refuses_the_queued_one_and_leaves
     deleted: dict = {}
     deleter = threading.Thread(target=lambda: deleted.update(resp=api.delete(f"experiments/{exp['id']}")))
     deleter.start()
-    # A second request that read the row before the delete, queued behind it.
+    wait_for(lambda: api.ctx.hosts.retired(exp["id"]), timeout=30, what="the delete to stop the host")
+    # A request that read the row before the delete's commit, waiting for the host behind the delete.
     second = api.post(f"experiments/{exp['id']}/jobs", json={"action": "inference", "specs": {"image": image}})
     first.join(60)
     deleter.join(60)

@@ -274,13 +274,20 @@ class HostManager:
                 raise Unavailable(f"Error: swapping weights failed: {reply.get('error')}")
 
     async def stop(self, experiment_id: str, *, retire: bool = False) -> None:
-        """Stop the experiment's host; `retire`: and start none for requests already waiting (delete, turn off)."""
+        """Stop the experiment's host; `retire`: and start none for requests already waiting (delete, turn off).
+
+        Retiring comes first: requests queued for the host, even ahead of this stop, are refused; the one
+        in flight is answered.
+        """
+        if retire:
+            self._retired.add(experiment_id)
         async with self._lock(experiment_id):
-            if retire:
-                self._retired.add(experiment_id)
             host = self._hosts.pop(experiment_id, None)
             if host is not None:
                 await self._run(host.stop)
+
+    def retired(self, experiment_id: str) -> bool:
+        return experiment_id in self._retired
 
     def revive(self, experiment_id: str) -> None:
         """The delete did not happen after all: the experiment's next request may start its host again."""
