@@ -64,7 +64,9 @@ def fetch_bundle(url: str, dest: Path, settings: Settings, *, sha256: str | None
     path = _local_path(text, scheme)
     try:
         kind = path.lstat().st_mode if path.is_absolute() or trusted else None
-    except OSError as exc:  # a missing path, a name too long, a folder we may not enter: the client's mistake
+    except FileNotFoundError:
+        raise BundleError(f"{path} does not exist") from None
+    except OSError as exc:  # a name too long, a folder we may not enter: the client's mistake, not a 500
         raise BundleError(f"{path}: {exc.strerror}") from None
     if kind is None:
         raise BundleError(f"{text} is not an absolute path")
