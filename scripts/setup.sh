@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything medcloud needs on a fresh Debian machine: the Python environment in .venv/
 # (CPU PyTorch first, so pip never pulls a CUDA build) and, with --test, the services the test
-# suite starts (Orthanc with DICOMweb, Azurite from npm). Safe to run again: it skips what is there.
+# suite starts (Orthanc with DICOMweb, Azurite from npm) and Debian's chromium for the viewer tests. Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -36,6 +36,11 @@ if [ "$want_test" = 1 ]; then
   if ! command -v Orthanc >/dev/null 2>&1 || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null
+  fi
+  # The viewer's browser tests: Debian's chromium, driven by playwright (which cannot download its own here).
+  if ! command -v chromium >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
   fi
   if [ ! -x node_modules/.bin/azurite-blob ]; then
     npm ci --silent --no-audit --no-fund
