@@ -128,3 +128,11 @@ def weak_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = make_segmentation_bundle(tmp_path_factory.mktemp("weak"), name="weak_seg", train=False, seed=3)
     return pack_bundle(folder, tmp_path_factory.mktemp("weakzip"), "zip")
+
+
+@pytest.fixture(scope="session")
+def vista_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small VISTA-3D trained on synthetic CT (spleen = 3), built once for the whole session."""
+    from medcloud.demo.vista3d import make_vista3d_bundle
+
+    return make_vista3d_bundle(tmp_path_factory.mktemp("vista"), train=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from dicom_data import store_ct, store_seg
 from guides import create_key, guide_cells, guide_snippet, medcloud_serve, requires_guides, substitute
 from helpers import wait_for
@@ -21,13 +20,6 @@ pytestmark = requires_guides
 ORG = "iasixjqzw1hj"
 GUIDE_LABELS = {"1": "liver", "2": "kidney", "3": "spleen", "4": "pancreas", "5": "right kidney"}
 POINT_PROMPT_CELL = 11
-
-
-@pytest.fixture(scope="module")
-def vista_bundle(tmp_path_factory):
-    from medcloud.demo.vista3d import make_vista3d_bundle
-
-    return make_vista3d_bundle(tmp_path_factory.mktemp("vista"), train=True)
 
 
 def test_guide_001_runs_as_written(empty_orthanc, azurite, mlflow_url, vista_bundle, tmp_path, monkeypatch):

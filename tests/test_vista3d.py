@@ -15,7 +15,6 @@ import torch
 
 from medcloud.config import Settings
 from medcloud.demo.synthetic import ct_affine, synthetic_ct_arrays
-from medcloud.demo.vista3d import make_vista3d_bundle
 from medcloud.errors import Invalid
 from medcloud.imaging.series import read_series, write_nifti
 from medcloud.imaging.synthetic_dicom import series_bytes, write_ct_series
@@ -24,11 +23,6 @@ from medcloud.inference.vista3d_bundle import ensure_vista3d_bundle
 from medcloud.inference.vista3d_cache import plan_windows
 from medcloud.inference.vista3d_prompts import EVERYTHING, SUBCLASSES, parse_prompt
 from medcloud.inference.vista3d_transforms import PreprocessSettings, map_points, prepare, to_original_grid
-
-
-@pytest.fixture(scope="session")
-def vista_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_vista3d_bundle(tmp_path_factory.mktemp("vista3d"))
 
 
 @pytest.fixture(scope="module")
