@@ -15,6 +15,7 @@ from medcloud.api.limits import BodyLimit
 from medcloud.auth.router import router as auth_router
 from medcloud.config import Settings
 from medcloud.context import Context
+from medcloud.datasets.router import LABEL_PATH
 from medcloud.datasets.router import router as datasets_router
 from medcloud.experiments.router import router as experiments_router
 from medcloud.jobs.router import router as jobs_router
@@ -71,7 +72,11 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     app.state.context = ctx
     errors.install(app)
     openapi.install(app)
-    app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=ctx.settings.max_body_bytes,
+        routes=[("PUT", LABEL_PATH, ctx.settings.max_label_body_bytes, "MEDCLOUD_MAX_LABEL_BODY_BYTES")],
+    )
     for router in (auth_router, workspaces_router, datasets_router, experiments_router, jobs_router):
         app.include_router(router)
 

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body accepted (413 above); API bodies are small JSON.",
     )
+    max_label_body_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024,
+        description="Largest label volume a viewer may save (PUT .../images/{id}/label; 413 above), held in memory.",
+    )
 
     dataset_allow_local_paths: bool = Field(
         default=True,

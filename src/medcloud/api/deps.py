@@ -31,16 +31,33 @@ async def get_caller(
     ctx: Annotated[Context, Depends(get_context)],
     authorization: Annotated[str | None, Header()] = None,
 ) -> Caller:
-    """Check the bearer token and its key (401), then membership of `{org}` (403)."""
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise Unauthorized("Missing bearer token.")
-    principal = auth.verify_token(authorization[7:].strip(), signing_key=ctx.signing_key)
+    """Check the credentials (401), then membership of `{org}` (403).
 
-    def check() -> None:
-        with ctx.db.session() as session:
-            auth.authorize(session, principal=principal, org=org)
+    `Authorization: Bearer <token>` (a token from /login), or `Authorization: ApiKey <key>` (the key itself,
+    as a proxy in front of a viewer sends it): the key gets the checks /login makes, on every request.
+    """
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and credentials:
+        principal = auth.verify_token(credentials, signing_key=ctx.signing_key)
 
-    await ctx.pools.run("auth", check)  # its own pool: slow work of other requests never delays it
+        def check() -> auth.Principal:
+            with ctx.db.session() as session:
+                auth.authorize(session, principal=principal, org=org)
+            return principal
+
+    elif scheme.lower() == "apikey" and credentials:
+
+        def check() -> auth.Principal:
+            with ctx.db.session() as session:
+                found = auth.key_principal(session, api_key=credentials)
+                auth.authorize(session, principal=found, org=org)
+            return found
+
+    else:
+        raise Unauthorized("Missing credentials: send `Authorization: Bearer <token>` or `Authorization: ApiKey <key>`.")
+
+    principal = await ctx.pools.run("auth", check)  # its own pool: slow work of other requests never delays it
     return Caller(org=org, user_id=principal.user_id)
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medcloud.api.errors import error_response
 
 
-def too_large_message(max_bytes: int) -> str:
-    return f"The request body is larger than this server accepts ({max_bytes} bytes, MEDCLOUD_MAX_BODY_BYTES)."
+def too_large_message(max_bytes: int, setting: str = "MEDCLOUD_MAX_BODY_BYTES") -> str:
+    return f"The request body is larger than this server accepts ({max_bytes} bytes, {setting})."
 
 
 class BodyLimit:
@@ -20,14 +23,26 @@ class BodyLimit:
     in a handler) gets an HTTPException, which the app's error table turns into the 413 answer.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, routes: Sequence[tuple[str, re.Pattern[str], int, str]] = ()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # (method, path pattern, cap, its setting's name): routes whose bodies are volumes, not JSON
+        self.routes = tuple(routes)
+
+    def cap(self, scope: Scope) -> tuple[int, str]:
+        """The cap of this request and the setting that sets it: its route's own, else `max_bytes`."""
+        for method, pattern, max_bytes, setting in self.routes:
+            if scope.get("method") == method and pattern.fullmatch(scope.get("path", "")):
+                return max_bytes, setting
+        return self.max_bytes, "MEDCLOUD_MAX_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, setting = self.cap(scope)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             text = declared.decode("latin-1").strip()
@@ -37,8 +52,8 @@ class BodyLimit:
                 )
                 return
             # Digits only, so int() is safe; a 5000-digit length is simply too large.
-            if len(text) > 20 or int(text) > self.max_bytes:
-                await error_response(413, too_large_message(self.max_bytes))(scope, receive, send)
+            if len(text) > 20 or int(text) > max_bytes:
+                await error_response(413, too_large_message(max_bytes, setting))(scope, receive, send)
                 return
 
         received = 0
@@ -48,8 +63,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, too_large_message(self.max_bytes))
+                if received > max_bytes:
+                    raise HTTPException(413, too_large_message(max_bytes, setting))
             return message
 
         await self.app(scope, limited, send)

@@ -18,6 +18,7 @@ from medcloud.api.listing import FILTER_KEYS, SORTS
 
 REF = "#/components/schemas/{model}"
 SECURITY_SCHEME = "bearer"
+API_KEY_SCHEME = "apiKey"
 
 
 class ErrorBody(BaseModel):
@@ -154,8 +155,8 @@ def _finish_operation(path: str, operation: dict[str, Any]) -> None:
         return
     errors = {"400": "Bad input (a sentence says what)."}
     if secured:
-        operation["security"] = [{SECURITY_SCHEME: []}]
-        errors["401"] = "Missing or invalid bearer token."
+        operation["security"] = [{SECURITY_SCHEME: []}, {API_KEY_SCHEME: []}]
+        errors["401"] = "Missing or invalid bearer token or API key (or a revoked key)."
         errors["403"] = "Not a member of the org."
     elif path == "/api/v1/login":
         errors["401"] = "Invalid API key."
@@ -191,7 +192,14 @@ def build(app: FastAPI) -> dict[str, Any]:
             "scheme": "bearer",
             "bearerFormat": "JWT",
             "description": "The `token` of `POST /api/v1/login`.",
-        }
+        },
+        API_KEY_SCHEME: {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`ApiKey <key>`: the API key itself, checked on every request as /login checks it "
+            "(for a proxy in front of a viewer that injects one fixed header).",
+        },
     }
     for path, operations in doc.get("paths", {}).items():
         for operation in operations.values():

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
 from functools import partial
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from medcloud.api import openapi
 from medcloud.api.body import parse_body
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
-from medcloud.datasets import actions, service
+from medcloud.datasets import actions, labels, service, volumes
 from medcloud.datasets.orm import Dataset
 from medcloud.datasets.schemas import (
     CacheImageJob,
@@ -23,6 +25,7 @@ from medcloud.datasets.schemas import (
     NextImageJob,
     NextImageOut,
     NotifyJob,
+    SavedLabelOut,
 )
 from medcloud.errors import Invalid
 from medcloud.experiments import service as experiments
@@ -31,6 +34,23 @@ router = APIRouter(prefix="/api/v1/orgs/{org}/datasets")
 DatasetList = openapi.list_model("DatasetList", "datasets", DatasetOut)
 # nextimage answers an image; cacheimage and notify answer `{}`.
 ACTION_OUT = {"anyOf": [openapi.ref(NextImageOut), {"type": "object", "maxProperties": 0}]}
+# The viewer's routes (docs/api.md, "medcloud's additions for the viewer"); saving a label has its own body cap.
+LABEL_PATH = re.compile(r"/api/v1/orgs/[^/]+/datasets/[^/]+/images/[^/]+/label")
+NRRD_OUT = {"application/octet-stream": {"type": "string", "format": "binary", "description": "Raw NRRD."}}
+EXPERIMENT_PARAM = {
+    "name": "experiment_id",
+    "in": "query",
+    "schema": {"type": "string", "format": "uuid"},
+    "description": "The experiment whose `model_params.labels` name the label values (required for DICOMweb).",
+}
+LABEL_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "An NRRD (raw or gzip) of a 3-D uint8 label volume on the image's grid "
+        "(int8, uint16, int16 accepted with values 0..255); capped by MEDCLOUD_MAX_LABEL_BODY_BYTES.",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 @router.post("", status_code=201, openapi_extra=openapi.body(DatasetCreate), responses=openapi.ok(201, DatasetOut))
@@ -145,3 +165,101 @@ async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, c
     if job.action == DatasetAction.NOTIFY and ctx.hub is not None:
         ctx.hub.dataset_changed(did)  # committed: wake the annotation controllers at once
     return JSONResponse(status_code=201, content=content)
+
+
+async def _nrrd_response(ctx: CtxDep, body: volumes.NrrdBody) -> StreamingResponse:
+    async def stream() -> AsyncIterator[bytes]:
+        for chunk in body.chunks():  # slices of a buffer already in memory: nothing here blocks
+            yield chunk
+
+    headers = {"Content-Length": str(body.length), "Cache-Control": "no-store"}
+    return StreamingResponse(stream(), media_type="application/octet-stream", headers=headers)
+
+
+def _owned_with_labels(
+    ctx: CtxDep, caller: CallerDep, *, dataset_id: str, experiment_id: str | None
+) -> tuple[Dataset, dict[str, str] | None]:
+    """The caller's dataset and, when an experiment is named, the caller's experiment's labels (404 if not theirs)."""
+    with ctx.db.session() as session:
+        row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=dataset_id)
+        if experiment_id is None:
+            if row.source_kind == "dicomweb":
+                raise Invalid(
+                    "Invalid Input. `experiment_id` is required for a DICOMweb dataset: the experiment's "
+                    "model_params.labels name the DICOM SEG's segments."
+                )
+            return row, None
+        exp = experiments.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=experiment_id)
+        return row, {str(k): str(v) for k, v in ((exp.model_params or {}).get("labels") or {}).items()}
+
+
+def _owned(ctx: CtxDep, caller: CallerDep, dataset_id: str) -> Dataset:
+    with ctx.db.session() as session:
+        return service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=dataset_id)
+
+
+def _experiment_id(request: Request) -> str | None:
+    value = request.query_params.get("experiment_id")
+    return None if value is None or value == "" else checked_uuid(value, "Experiment")
+
+
+@router.get("/{dataset_id}/images/{image_id}/volume", responses=openapi.ok(200, content=NRRD_OUT))
+async def image_volume(dataset_id: str, image_id: str, caller: CallerDep, ctx: CtxDep) -> StreamingResponse:
+    """The image as raw NRRD: the header and voxel order of the segmentation outputs; int16 or float32."""
+    did = checked_uuid(dataset_id, "Dataset")
+    row = await ctx.pools.run("db", _owned, ctx, caller, did)
+    files, _source = await ctx.pools.run("storage", volumes.image_files, ctx, row, image_id)
+
+    def convert() -> volumes.NrrdBody:
+        volume = volumes.load_volume(files, image_id)
+        return volumes.nrrd_body(volume.array, volume.affine, volumes.wire_dtype(volume.array))
+
+    return await _nrrd_response(ctx, await ctx.pools.run("files", convert))
+
+
+@router.get(
+    "/{dataset_id}/images/{image_id}/label",
+    responses=openapi.ok(200, content=NRRD_OUT),
+    openapi_extra={"parameters": [EXPERIMENT_PARAM]},
+)
+async def image_label(
+    dataset_id: str, image_id: str, request: Request, caller: CallerDep, ctx: CtxDep
+) -> StreamingResponse:
+    """The image's current label as raw uint8 NRRD on the image's grid; 404 when it has none."""
+    did = checked_uuid(dataset_id, "Dataset")
+    eid = _experiment_id(request)
+    row, names = await ctx.pools.run("db", _owned_with_labels, ctx, caller, dataset_id=did, experiment_id=eid)
+    body = await ctx.pools.run("storage", volumes.label_nrrd, ctx, row, image_id, names)
+    return await _nrrd_response(ctx, body)
+
+
+@router.put(
+    "/{dataset_id}/images/{image_id}/label",
+    status_code=201,
+    responses=openapi.ok(201, SavedLabelOut),
+    openapi_extra={"parameters": [EXPERIMENT_PARAM], **LABEL_BODY},
+)
+async def save_image_label(
+    dataset_id: str, image_id: str, request: Request, caller: CallerDep, ctx: CtxDep
+) -> JSONResponse:
+    """Store a label volume (NRRD body) as the image's label, then record it as `notify` does."""
+    did = checked_uuid(dataset_id, "Dataset")
+    eid = _experiment_id(request)
+    row, names = await ctx.pools.run("db", _owned_with_labels, ctx, caller, dataset_id=did, experiment_id=eid)
+    body = await request.body()  # capped by MEDCLOUD_MAX_LABEL_BODY_BYTES (api/limits.py)
+    if not body:
+        raise Invalid("Invalid Input. The body must be an NRRD of the label volume; it is empty.")
+    saved = await ctx.pools.run("storage", labels.save_label, ctx, row=row, image_id=image_id, body=body, labels=names)
+
+    def record() -> None:
+        with ctx.db.session() as session:
+            labels.record(ctx, session=session, row=service.get_row(session, **_owner(caller, did)), saved=saved)
+
+    await ctx.pools.run("db", record)
+    if ctx.hub is not None:
+        ctx.hub.dataset_changed(did)  # committed: wake the annotation controllers at once
+    return JSONResponse(status_code=201, content=saved.as_json())
+
+
+def _owner(caller: CallerDep, dataset_id: str) -> dict[str, str]:
+    return {"org": caller.org, "user_id": caller.user_id, "dataset_id": dataset_id}

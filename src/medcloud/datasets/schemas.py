@@ -96,3 +96,12 @@ class NotifyJob(BaseModel):
 class NextImageOut(BaseModel):
     image: str
     meta: dict[str, Any]
+
+
+class SavedLabelOut(BaseModel):
+    """What saving a label from the viewer answers (docs/api.md, "medcloud's additions for the viewer")."""
+
+    image: str = Field(description="The image id.")
+    label: str = Field(description="The label id (for DICOMweb, the stored SEG's SeriesInstanceUID).")
+    notify: Literal["added", "updated"] = Field(description="How the change was recorded, as `notify` records it.")
+    voxels: dict[str, int] = Field(description="Voxel count of each non-zero label value in the volume.")

@@ -85,6 +85,12 @@ class ImageCache:
         with self._lock:
             return self._hit((dataset_id, image_id), ttl)
 
+    def forget(self, dataset_id: str, image_id: str) -> None:
+        """Drop one entry (its source changed under the same id, as a label saved again does)."""
+        with self._lock:
+            self._remove(self._dir((dataset_id, image_id)))
+        self._empty_trash_and_stale_tmp()
+
     def sweep(self) -> int:
         """Remove expired entries (also those written by an earlier process); how many were removed."""
         removed = 0

@@ -292,6 +292,17 @@ class DicomWebSource:
             raise Invalid(f"Series {image_id} cannot be read as a volume: {exc}") from None
         return [write_nifti(volume, dest_dir / f"{image_id}.nii.gz"), *files]
 
+    def store(self, datasets: list[pydicom.Dataset]) -> None:
+        """Store instances by STOW-RS with the dataset's credentials; `Unavailable` when the server refuses one."""
+        with dicomweb_errors(self.url):
+            answer = self._client.store_instances(datasets)
+        failed = answer.get("FailedSOPSequence") if answer is not None else None
+        if failed:
+            reasons = sorted({str(item.get("FailureReason", "?")) for item in failed})
+            raise Unavailable(
+                f"The DICOMweb server at {self.url} refused {len(failed)} instance(s) (failure reason {', '.join(reasons)})."
+            )
+
     def fetch_label(self, seg_series_uid: str, image: SeriesVolume, labels: dict[str, str], dest: Path) -> Path:
         """The SEG as a uint8 label NIfTI on `image`'s grid; `dest` is a `.nii[.gz]` file or a folder."""
         rows = self._search({"Modality": "SEG", "SeriesInstanceUID": seg_series_uid}) if _is_uid(seg_series_uid) else []

@@ -142,6 +142,16 @@ class ObjectStoreSource:
     def manifest(self) -> Manifest:
         return self._manifest
 
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The dataset's filesystem (writers of labels use it: `datasets/labels.py`)."""
+        return self._fs
+
+    def read_manifest_bytes(self) -> bytes:
+        """The manifest's bytes as they are in the store now (no cached listing or parse)."""
+        self._fs.invalidate_cache(self.location.manifest_path)
+        return _read_manifest(self._fs, self.location)
+
     def images(self) -> list[ManifestImage]:
         return list(self._manifest.images)
 
