@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from medcloud import __version__
+from medcloud import __version__, viewer
 from medcloud.api import errors, openapi
 from medcloud.api.limits import BodyLimit
 from medcloud.auth.router import router as auth_router
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     )
     for router in (auth_router, workspaces_router, datasets_router, experiments_router, jobs_router):
         app.include_router(router)
+    viewer.install(app, ctx.settings)
 
     @app.get("/api/v1/health/liveness")
     def liveness() -> dict:
