@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import time
@@ -462,3 +463,152 @@ def test_api_key_header_works_everywhere_and_revocation_is_immediate(vapi, datas
     resp = vapi.client.get(vapi.url("datasets"), headers=headers)
     assert resp.status_code == 401 and resp.json()["error_code"] == 401
     assert vapi.get("datasets").status_code == 200  # alice's bearer token (another key) still works
+
+
+# DICOMweb (a real Orthanc) ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pacs(vapi, orthanc, demo_zips):
+    """One CT series in a cleared Orthanc, a DICOMweb dataset of it and an experiment with two labels."""
+    from dicom_data import store_ct
+
+    orthanc.clear()
+    series = store_ct(orthanc, seed=41, shape=(32, 32, 16))
+    resp = vapi.post(
+        "datasets",
+        json={"name": "pacs", "client_url": orthanc.url, "client_id": orthanc.user, "client_secret": orthanc.password},
+    )
+    assert resp.status_code == 201, resp.text
+    dataset = resp.json()["id"]
+    resp = vapi.post(
+        "experiments",
+        json={
+            "name": "pacs",
+            "network_arch": "monai_custom",
+            "train_datasets": [dataset],
+            "bundle_url": f"file://{demo_zips['segmentation']}",
+            "model_params": {"labels": LABELS},
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    return orthanc, series, dataset, resp.json()["id"]
+
+
+def _seg_in_orthanc(orthanc, seg_uid: str):
+    """The SEG found by QIDO-RS, retrieved by WADO-RS and read with highdicom."""
+    import highdicom as hd
+    from dicomweb_client import DICOMwebClient
+
+    client = DICOMwebClient(orthanc.url, session=orthanc.session())
+    found = client.search_for_series(search_filters={"Modality": "SEG", "SeriesInstanceUID": seg_uid})
+    assert len(found) == 1
+    study = found[0]["0020000D"]["Value"][0]
+    instances = client.retrieve_series(study, seg_uid)
+    assert len(instances) == 1
+    return hd.seg.Segmentation.from_dataset(instances[0])
+
+
+def test_dicomweb_volume_label_and_saving_a_seg(vapi, pacs):
+    from medcloud.datasets import service
+    from medcloud.imaging.seg import seg_to_labels
+    from medcloud.imaging.series import read_series
+    from medcloud.learning.dicom_labels import dicomweb_items
+
+    orthanc, series, dataset, experiment = pacs
+    base = f"datasets/{dataset}/images/{series.uid}"
+    volume = vapi.get(f"{base}/volume")
+    assert volume.status_code == 200, volume.text
+    header, voxels = read_nrrd(volume.content)
+    truth = read_series(series.datasets)
+    assert header["type"] == "int16" and np.array_equal(voxels, series.hu.astype(np.int16))
+    assert np.allclose(header["space directions"], truth.affine[:3, :3].T)
+    assert np.allclose(header["space origin"], truth.affine[:3, 3])
+    # experiment_id is required for DICOMweb; no SEG yet is a 404.
+    missing = vapi.get(f"{base}/label")
+    assert missing.status_code == 400 and "experiment_id" in missing.json()["error_desc"]
+    assert put_label(vapi, dataset, series.uid, b"NRRD0004\n").status_code == 400
+    none = vapi.get(f"{base}/label", params={"experiment_id": experiment})
+    assert none.status_code == 404 and "no label" in none.json()["error_desc"]
+
+    first = sphere(series.hu.shape, (10, 12, 8), 5, 1) + sphere(series.hu.shape, (24, 22, 6), 3, 2)
+    resp = put_label(vapi, dataset, series.uid, label_nrrd(first, truth.affine), experiment_id=experiment)
+    assert resp.status_code == 201, resp.text
+    answer = resp.json()
+    assert answer["notify"] == "added" and answer["image"] == series.uid
+    assert answer["voxels"] == {"1": int((first == 1).sum()), "2": int((first == 2).sum())}
+    seg = _seg_in_orthanc(orthanc, answer["label"])
+    assert seg.SegmentationType == "BINARY" and seg.Modality == "SEG"
+    assert {item.SegmentLabel for item in seg.SegmentSequence} == {"spleen", "liver"}
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.uid
+    assert np.array_equal(seg_to_labels(seg, truth, LABELS), first)
+    _, back = read_nrrd(vapi.get(f"{base}/label", params={"experiment_id": experiment}).content)
+    assert np.array_equal(back, first)
+    # Saved again: `updated`, a new SEG, and both the label route and training read the newest one.
+    second = sphere(series.hu.shape, (16, 16, 8), 4, 2)
+    resp = put_label(vapi, dataset, series.uid, label_nrrd(second, truth.affine), experiment_id=experiment)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["notify"] == "updated" and resp.json()["label"] != answer["label"]
+    newest = resp.json()["label"]
+    assert np.array_equal(seg_to_labels(_seg_in_orthanc(orthanc, newest), truth, LABELS), second)
+    _, back = read_nrrd(vapi.get(f"{base}/label", params={"experiment_id": experiment}).content)
+    assert np.array_equal(back, second)
+    assert notifications(vapi, dataset) == [("added", series.uid, answer["label"]), ("updated", series.uid, newest)]
+    with vapi.ctx.db.session() as session:
+        row = service.get_row(session, org="acme", user_id=_user_id(vapi, "alice"), dataset_id=dataset)
+    source = service.source_of(row, vapi.ctx.box)
+    items = dicomweb_items(vapi.ctx, row, source, LABELS)
+    assert [item["label_id"] for item in items] == [newest]
+    assert np.array_equal(np.asarray(nib.load(items[0]["label"]).dataobj), second)
+    nothing = vapi.post(f"datasets/{dataset}/jobs", json={"action": "nextimage"})
+    assert nothing.status_code == 404
+    # Values outside the experiment's labels and an empty volume are refused; nothing new is stored.
+    bad = put_label(vapi, dataset, series.uid, label_nrrd(first * 3, truth.affine), experiment_id=experiment)
+    assert bad.status_code == 400 and "3" in bad.json()["error_desc"]
+    empty = put_label(vapi, dataset, series.uid, label_nrrd(first * 0, truth.affine), experiment_id=experiment)
+    assert empty.status_code == 400 and "SEG" in empty.json()["error_desc"]
+    assert len(notifications(vapi, dataset)) == 2
+
+
+# An object store (moto S3): the label and the manifest are each one put ------------------------------------
+
+
+def test_saving_a_label_on_s3(vapi, s3_server, tmp_path):
+    from services import s3_client, upload_folder_to_s3
+
+    root = tmp_path / "s3data"
+    write_demo_dataset(root, n_ct=2, n_rgb=0)
+    upload_folder_to_s3(s3_server, root, "viewerlabels", "p")
+    resp = vapi.post(
+        "datasets",
+        json={
+            "name": "s3",
+            "client_url": f"{s3_server.endpoint_url}/viewerlabels/p",
+            "client_id": s3_server.key,
+            "client_secret": s3_server.secret,
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    dataset = resp.json()["id"]
+    before = manifest(root)
+    entry = next(e for e in before["data"] if "label" not in e)
+    image_id = entry["image"]["id"]
+    assert vapi.get(f"datasets/{dataset}/images/{image_id}/label").status_code == 404
+    volume = sphere((64, 64, 64), (30, 30, 30), 8, 1)
+    resp = put_label(vapi, dataset, image_id, label_nrrd(volume, ct_affine(), encoding="gzip"))
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["notify"] == "added"
+    client = s3_client(s3_server)
+    stored = json.loads(client.get_object(Bucket="viewerlabels", Key="p/manifest.json")["Body"].read())
+    stem = Path(entry["image"]["path"][0]).name.removesuffix(".nii.gz")
+    label_path = f"imagesTr/{stem}_label.nii.gz"
+    changed = next(e for e in stored["data"] if e["image"]["id"] == image_id)
+    assert changed["label"] == {"path": [label_path], "id": resp.json()["label"]}
+    assert [e for e in stored["data"] if e is not changed] == [e for e in before["data"] if e is not entry]
+    nifti = client.get_object(Bucket="viewerlabels", Key=f"p/{label_path}")["Body"].read()
+    saved = nib.Nifti1Image.from_bytes(gzip.decompress(nifti))
+    assert np.array_equal(np.asarray(saved.dataobj), volume) and np.allclose(saved.affine, ct_affine())
+    _, back = read_nrrd(vapi.get(f"datasets/{dataset}/images/{image_id}/label").content)
+    assert np.array_equal(back, volume)
+    nothing = vapi.post(f"datasets/{dataset}/jobs", json={"action": "nextimage"})
+    assert nothing.status_code == 404  # the manifest cache saw the new manifest
