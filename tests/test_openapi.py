@@ -79,7 +79,7 @@ def test_errors_auth_and_lists_are_described(document: dict) -> None:
                 schema = responses[status]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
             if "/orgs/" in path:
-                assert operation["security"] == [{"bearer": []}]
+                assert operation["security"] == [{"bearer": []}, {"apiKey": []}]  # Bearer token or ApiKey header
             if "requestBody" in operation:
                 assert "413" in responses
     assert set(document["components"]["schemas"]["ErrorBody"]["required"]) == {"error_desc", "error_code"}

@@ -612,3 +612,21 @@ def test_saving_a_label_on_s3(vapi, s3_server, tmp_path):
     assert np.array_equal(back, volume)
     nothing = vapi.post(f"datasets/{dataset}/jobs", json={"action": "nextimage"})
     assert nothing.status_code == 404  # the manifest cache saw the new manifest
+
+
+def test_openapi_describes_the_viewer_routes(vapi):
+    document = vapi.client.get("/openapi.json").json()
+    base = "/api/v1/orgs/{org}/datasets/{dataset_id}/images/{image_id}"
+    for method, path in (("get", "volume"), ("get", "label"), ("put", "label")):
+        operation = document["paths"][f"{base}/{path}"][method]
+        assert operation["security"] == [{"bearer": []}, {"apiKey": []}]
+        assert {"400", "401", "403", "404"} <= set(operation["responses"])
+    assert "application/octet-stream" in document["paths"][f"{base}/volume"]["get"]["responses"]["200"]["content"]
+    put = document["paths"][f"{base}/label"]["put"]
+    assert "application/octet-stream" in put["requestBody"]["content"] and "413" in put["responses"]
+    assert put["responses"]["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SavedLabelOut"
+    }
+    assert "experiment_id" in {p["name"] for p in put["parameters"]}
+    scheme = document["components"]["securitySchemes"]["apiKey"]
+    assert scheme == {**scheme, "type": "apiKey", "in": "header", "name": "Authorization"}
