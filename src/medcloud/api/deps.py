@@ -55,7 +55,9 @@ async def get_caller(
             return found
 
     else:
-        raise Unauthorized("Missing credentials: send `Authorization: Bearer <token>` or `Authorization: ApiKey <key>`.")
+        raise Unauthorized(
+            "Missing credentials: send `Authorization: Bearer <token>` or `Authorization: ApiKey <key>`."
+        )
 
     principal = await ctx.pools.run("auth", check)  # its own pool: slow work of other requests never delays it
     return Caller(org=org, user_id=principal.user_id)

@@ -172,9 +172,7 @@ def check_values(volume: np.ndarray, labels: dict[str, str] | None) -> dict[str,
     return {str(k): v for k, v in sorted(present.items())}
 
 
-def save_label(
-    ctx: Context, *, row: Dataset, image_id: str, body: bytes, labels: dict[str, str] | None
-) -> SavedLabel:
+def save_label(ctx: Context, *, row: Dataset, image_id: str, body: bytes, labels: dict[str, str] | None) -> SavedLabel:
     """Check the NRRD and store it as the image's label (blocking storage I/O); the notification is the caller's.
 
     `labels` is the experiment's `model_params.labels` (None: no experiment given, any 1..255 accepted;
@@ -271,7 +269,11 @@ def _save_to_objectstore(
         label_id = entry.label_id or str(uuid.uuid4())
         _put(fs, location.protocol, posixpath.join(source.root, target), nifti)
         for item in doc["data"]:
-            if isinstance(item, dict) and isinstance(item.get("image"), dict) and _same_id(item["image"].get("id"), image_id):
+            if (
+                isinstance(item, dict)
+                and isinstance(item.get("image"), dict)
+                and _same_id(item["image"].get("id"), image_id)
+            ):
                 old = item.get(key) if isinstance(item.get(key), dict) else {}
                 item[key] = {**old, "path": [target], "id": label_id}
                 break
