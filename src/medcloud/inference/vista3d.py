@@ -23,7 +23,7 @@ from monai.transforms.utils import keep_components_with_positive_points
 from medcloud.errors import Invalid
 from medcloud.inference.nrrd_writer import write_raw_nrrd
 from medcloud.inference.predictors import find_config
-from medcloud.inference.vista3d_cache import EncoderCache, caching_predictor, point_window_inference
+from medcloud.inference.vista3d_cache import DEFAULT_MAX_BYTES, ClickCache, point_window_inference
 from medcloud.inference.vista3d_prompts import Prompt, PromptRules, check_points_inside, parse_prompt
 from medcloud.inference.vista3d_transforms import (
     PreparedImage,
@@ -34,6 +34,7 @@ from medcloud.inference.vista3d_transforms import (
     prepare,
     to_original_grid,
 )
+from medcloud.inference.vista3d_window import WindowForward
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm")
@@ -118,7 +119,10 @@ class Vista3dPredictor:
         labels: class names by index (the experiment's labels), for names in `label_prompt` and messages.
         roi_size: window size; default the bundle's `patch_size` (128³ for the official bundle).
         device: default CUDA when available, else CPU.
-        max_cached_windows: encoder outputs kept for point windows of the last image.
+        reuse: keep what does not depend on the click (preprocessed image, encoder features, class-head
+            logits, whole windows) between requests on the same image and weights; False computes every
+            request from scratch with the same code (same output, for tests and comparisons).
+        max_cache_bytes: the bound on what `reuse` keeps besides the preprocessed image (`vista3d_cache`).
 
     Example:
         >>> predictor = Vista3dPredictor(Path("vista3d"))  # doctest: +SKIP
@@ -134,7 +138,8 @@ class Vista3dPredictor:
         *,
         roi_size: Sequence[int] | None = None,
         device: str | torch.device | None = None,
-        max_cached_windows: int = 4,
+        reuse: bool = True,
+        max_cache_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -144,7 +149,9 @@ class Vista3dPredictor:
         self.config = read_config(self.parser, names)
         self.roi_size = tuple(int(r) for r in roi_size) if roi_size else self.config.roi_size
         self.network: torch.nn.Module | None = None
-        self.cache = EncoderCache(max_cached_windows)
+        self.reuse = reuse
+        self.cache = ClickCache(max_cache_bytes if reuse else 0)
+        self.weights_generation = 0  # bumped by swap_weights: part of every cache key
         self._prepared: tuple[Hashable, PreparedImage] | None = None
         self.last_timing: dict[str, float] = {}
 
@@ -170,8 +177,9 @@ class Vista3dPredictor:
 
     def swap_weights(self, weights: Path) -> None:
         assert self.network is not None, "load() first"
+        self.cache.clear()  # the preprocessed image does not depend on the weights and stays
+        self.weights_generation += 1
         self.network.load_state_dict(_state_dict(Path(weights)))
-        self.cache.clear()
 
     def predict(self, image: str, params: dict[str, Any], out_dir: Path) -> list[Path]:
         assert self.network is not None, "load() first"
@@ -200,10 +208,11 @@ class Vista3dPredictor:
         if not Path(image).exists():
             raise Invalid(f"The image {Path(image).name} does not exist on the model host.")
         token = image_token(image)
-        if self._prepared is None or self._prepared[0] != token:
+        if not self.reuse or self._prepared is None or self._prepared[0] != token:
             self._prepared = None  # free the previous image before loading the next
             self._prepared = (token, prepare(image, self.config.preprocess, self.device))
-        self.cache.bind(token)
+        # every cached tensor belongs to this image file, these weights, this preprocessing and window size
+        self.cache.bind((token, self.weights_generation, self.config.preprocess, self.roi_size, str(self.device)))
         return self._prepared[1]
 
     def _segment(self, prepared: PreparedImage, prompt: Prompt) -> torch.Tensor:
@@ -240,7 +249,7 @@ class Vista3dPredictor:
         logits = point_window_inference(
             inputs,
             self.roi_size,
-            caching_predictor(self.network, self.cache),
+            WindowForward(self.network, self.cache),
             points,
             point_labels,
             class_vector=class_vector,

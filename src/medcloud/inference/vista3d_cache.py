@@ -1,4 +1,31 @@
-"""Point windows that stay warm between clicks: the window plan and the encoder output cached per window.
+"""What stays warm between VISTA-3D clicks on one series: a byte-bounded cache, and the point-window plan.
+
+Cached (`ClickCache`, see `vista3d_window.WindowForward` for who reads what), per window of the image:
+
+- `auto`: the encoder's class-branch features (what the class head reads);
+- `low`: the point branch's features after the point head's `feat_downsample` (what the rest of the
+  point head reads; the full-resolution point features themselves are not kept);
+- `class`: the class head's logits for one class vector (before any point is combined in);
+- `out`: the window's whole output for one (class vector, prompt class, points inside the window,
+  their labels): a window the new click does not touch is not run at all;
+- `pe`: the point head's dense positional encoding for a feature shape (no window).
+
+Keys. Every entry lives under one *scope*: the image's identity (device, inode, modification time and
+size of its files: `vista3d.image_token`, not the path, which changes per request), the weights'
+generation (bumped by every `swap_weights`), the preprocessing settings and the window size. A new
+scope (another image, the same file rewritten, new weights) drops every entry before anything is
+looked up, so nothing computed for one image or one set of weights is ever served for another. Within
+a scope an entry is keyed by its kind, the window's (start, stop) per axis in the padded preprocessed
+image, and, for `class` and `out`, the exact class values and the exact point coordinates and labels
+that reach that window (as floats, after the window's own offset). A different class, a moved, added
+or removed point inside a window is a different key; nothing is matched approximately.
+
+Memory. The cache holds at most `max_bytes` of tensors (default 2 GiB), least recently used first out;
+an entry larger than the whole budget is not kept. For the full-size `vista3d132` and 128³ windows in
+float32 a window costs about 400 MiB (`auto`) + 50 MiB (`low`) + 8 MiB per class (`class`) + 8 MiB per
+point set (`out`), and `pe` 50 MiB once: the default keeps about four windows' features. The
+predictor also keeps the one preprocessed image (the last one asked for). `max_bytes=0` keeps
+nothing (the predictor's `reuse=False`): every click is then computed from scratch by the same code.
 
 Windows follow `monai.apps.vista3d.inferer.point_based_window_inferer` (a `roi`-sized window centred
 on a point, clamped to the image, zero padding when the image is smaller, averaged where windows
@@ -7,86 +34,96 @@ planned for an earlier point of the same request (at least a quarter window from
 that window instead of getting its own. The plan depends only on the request's points, and a click
 adds a point to the previous click's list, so the earlier windows of a click are the same windows
 as before and come from the cache; nearby clicks add no window at all.
-
-MONAI's own cache (`VISTA3D.image_embeddings` with `keep_cache=True`) holds one tensor whatever the
-window, and is consulted only when no class vector is given. A click request of the official
-bundle usually has a class (`label_prompt: [3]` plus points, where both heads run) and a request
-with several points runs one window per point, so that single tensor would be stale or unused.
-This cache keys the encoder output by (image, window) instead: a window it has seen for the same
-image (same file, same modification time, same preprocessing) is never encoded again, and a new
-image, new weights or a window it has not seen always is.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-Outputs = tuple[Any, Any]  # (point-branch features, class-branch features) from SegResNetDS2
+DEFAULT_MAX_BYTES = 2 << 30
+WINDOW_KINDS = ("auto", "low", "class", "out")
 
 
-class EncoderCache:
-    """Encoder outputs of the most recent point windows of one image."""
+class ClickCache:
+    """Tensors that do not depend on the next click, for one scope (image, weights, preprocessing), LRU by bytes.
 
-    def __init__(self, max_windows: int = 4) -> None:
-        self.max_windows = max_windows
-        self.image: Hashable | None = None
-        self._entries: OrderedDict[Hashable, tuple[bool, bool, Outputs]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+    Example:
+        >>> cache = ClickCache(max_bytes=1 << 20)
+        >>> cache.bind(("image", 1))
+        >>> cache.put(("class", ((0, 8),) * 3, (3,)), torch.zeros(8, 8, 8))
+        >>> cache.get(("class", ((0, 8),) * 3, (3,))) is not None, cache.hits["class"]
+        (True, 1)
+    """
 
-    def bind(self, image: Hashable) -> None:
-        """Serve `image` from now on; the windows of any other image are dropped."""
-        if image != self.image:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_bytes = int(max_bytes)
+        self.scope: Hashable | None = None
+        self._entries: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
+        self.bytes = 0
+        self.hits: Counter[str] = Counter()
+        self.misses: Counter[str] = Counter()
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def bind(self, scope: Hashable) -> None:
+        """Serve `scope` from now on; every entry of any other scope is dropped first."""
+        if scope != self.scope:
             self.clear()
-            self.image = image
+            self.scope = scope
 
     def clear(self) -> None:
         self._entries.clear()
-        self.image = None
+        self.bytes = 0
+        self.scope = None
 
-    def lookup(self, window: Hashable, with_point: bool, with_label: bool) -> Outputs | None:
-        entry = self._entries.get(window)
-        if entry is None or (with_point and not entry[0]) or (with_label and not entry[1]):
-            self.misses += 1
+    def get(self, key: tuple[Any, ...]) -> Any | None:
+        entry = self._entries.get(key) if self.scope is not None else None
+        if entry is None:
+            self.misses[key[0]] += 1
             return None
-        self._entries.move_to_end(window)
-        self.hits += 1
-        return entry[2]
+        self._entries.move_to_end(key)
+        self.hits[key[0]] += 1
+        return entry[1]
 
-    def store(self, window: Hashable, with_point: bool, with_label: bool, outputs: Outputs) -> None:
-        detached = tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in outputs)
-        self._entries[window] = (with_point, with_label, detached)  # type: ignore[assignment]
-        self._entries.move_to_end(window)
-        while len(self._entries) > self.max_windows:
-            self._entries.popitem(last=False)
+    def put(self, key: tuple[Any, ...], value: Any) -> Any:
+        """Keep `value` (a tensor or a tuple of tensors, detached) under `key`; returns `value`."""
+        if self.scope is None:
+            return value
+        size = _nbytes(value)
+        if size > self.max_bytes:
+            return value
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[0]
+        self._entries[key] = (size, value)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (evicted, _) = self._entries.popitem(last=False)
+            self.bytes -= evicted
+        return value
+
+    def windows(self) -> set[Hashable]:
+        return {key[1] for key in self._entries if key[0] in WINDOW_KINDS}  # type: ignore[index]
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Windows of the current image that something is cached for."""
+        return len(self.windows())
 
 
-class _CachedEncoder(nn.Module):
-    """Stands in for `network.image_encoder` during one window's forward pass."""
-
-    def __init__(self, encoder: nn.Module, cache: EncoderCache, window: Hashable) -> None:
-        super().__init__()
-        object.__setattr__(self, "encoder", encoder)  # not a submodule: the network's state stays as it was
-        self.cache = cache
-        self.window = window
-
-    def forward(self, x: torch.Tensor, with_point: bool = True, with_label: bool = True) -> Outputs:
-        hit = self.cache.lookup(self.window, with_point, with_label)
-        if hit is not None:
-            return hit
-        outputs = self.encoder(x, with_point=with_point, with_label=with_label)  # type: ignore[operator]
-        self.cache.store(self.window, with_point, with_label, outputs)
-        return outputs
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    if isinstance(value, tuple | list):
+        return sum(_nbytes(v) for v in value)
+    return 0
 
 
 def window_key(patch_coords: Sequence[Any] | None) -> Hashable | None:
@@ -95,23 +132,6 @@ def window_key(patch_coords: Sequence[Any] | None) -> Hashable | None:
         return None
     slices = patch_coords[0][-3:]
     return tuple((int(s.start or 0), None if s.stop is None else int(s.stop)) for s in slices)
-
-
-def caching_predictor(network: nn.Module, cache: EncoderCache) -> Callable[..., torch.Tensor]:
-    """A predictor for MONAI's inferers that runs `network` with the encoder served from `cache`."""
-
-    def predict(x: torch.Tensor, patch_coords: Sequence[Any] | None = None, **kwargs: Any) -> torch.Tensor:
-        window = window_key(patch_coords)
-        if window is None or cache.image is None:
-            return network(x, patch_coords=patch_coords, **kwargs)
-        encoder = network.image_encoder
-        network.image_encoder = _CachedEncoder(encoder, cache, window)  # type: ignore[assignment]
-        try:
-            return network(x, patch_coords=patch_coords, **kwargs)
-        finally:
-            network.image_encoder = encoder
-
-    return predict
 
 
 Window = tuple[slice, slice, slice]
