@@ -167,7 +167,7 @@ async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, c
     return JSONResponse(status_code=201, content=content)
 
 
-async def _nrrd_response(ctx: CtxDep, body: volumes.NrrdBody) -> StreamingResponse:
+async def _nrrd_response(body: volumes.NrrdBody) -> StreamingResponse:
     async def stream() -> AsyncIterator[bytes]:
         for chunk in body.chunks():  # slices of a buffer already in memory: nothing here blocks
             yield chunk
@@ -214,7 +214,7 @@ async def image_volume(dataset_id: str, image_id: str, caller: CallerDep, ctx: C
         volume = volumes.load_volume(files, image_id)
         return volumes.nrrd_body(volume.array, volume.affine, volumes.wire_dtype(volume.array))
 
-    return await _nrrd_response(ctx, await ctx.pools.run("files", convert))
+    return await _nrrd_response(await ctx.pools.run("files", convert))
 
 
 @router.get(
@@ -230,7 +230,7 @@ async def image_label(
     eid = _experiment_id(request)
     row, names = await ctx.pools.run("db", _owned_with_labels, ctx, caller, dataset_id=did, experiment_id=eid)
     body = await ctx.pools.run("storage", volumes.label_nrrd, ctx, row, image_id, names)
-    return await _nrrd_response(ctx, body)
+    return await _nrrd_response(body)
 
 
 @router.put(
