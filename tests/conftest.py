@@ -135,4 +135,7 @@ def vista_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small VISTA-3D trained on synthetic CT (spleen = 3), built once for the whole session."""
     from medcloud.demo.vista3d import make_vista3d_bundle
 
+    prebuilt = os.environ.get("MEDCLOUD_TEST_VISTA3D_BUNDLE")  # a developer's shortcut, never set in CI
+    if prebuilt and not os.environ.get("CI") and (Path(prebuilt) / "models" / "model.pt").exists():
+        return Path(prebuilt)
     return make_vista3d_bundle(tmp_path_factory.mktemp("vista"), train=True)

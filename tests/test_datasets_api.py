@@ -123,6 +123,7 @@ def test_nextimage_serves_unlabeled_images_least_recently_served_first(api, loca
         resp = api.post(f"datasets/{dataset_id}/jobs", json={"action": "nextimage", "specs": {}})
         assert resp.status_code == 201
         assert resp.json()["meta"] == {"labels": []}
+        assert resp.json()["unlabeled"] == len(unlabeled)
         seen.append(resp.json()["image"])
     assert set(seen) == unlabeled  # every unlabeled image once before any repeats
     again = api.post(f"datasets/{dataset_id}/jobs", json={"action": "nextimage"}).json()["image"]

@@ -80,11 +80,13 @@ def nextimage(ctx: Context, *, row: Dataset, pick: Any) -> dict:
     `pick(candidates) -> image_id | None` records the choice in the database (the caller's session).
     """
     source = service.source_of(row, ctx.box)
-    image_id = pick(source.unlabeled_ids())
+    candidates = source.unlabeled_ids()
+    image_id = pick(candidates)
     if image_id is None:
         raise NotFound("No Unlabeled Images Found")
     start_caching(ctx, dataset_id=row.id, image_id=image_id, source=source, ttl_s=None)
-    return {"image": image_id, "meta": source.meta(image_id)}
+    # `unlabeled` is our addition (the viewer shows it); clients that read only image and meta ignore it.
+    return {"image": image_id, "meta": source.meta(image_id), "unlabeled": len(candidates)}
 
 
 NOTIFY_SECTIONS = ("added", "updated", "removed")

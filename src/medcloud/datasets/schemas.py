@@ -96,6 +96,7 @@ class NotifyJob(BaseModel):
 class NextImageOut(BaseModel):
     image: str
     meta: dict[str, Any]
+    unlabeled: int = Field(description="medcloud's addition: how many images are unlabeled, this one included.")
 
 
 class SavedLabelOut(BaseModel):
