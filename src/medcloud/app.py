@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI
 
@@ -46,8 +46,16 @@ def _max_train_jobs(ctx: Context) -> int:
     return max(torch.cuda.device_count(), 1)
 
 
-def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:
-    """Build the app; the context (DB, cache, model hosts) lives as long as the app runs."""
+def create_app(
+    settings: Settings | None = None,
+    context: Context | None = None,
+    startup: Sequence[Callable[[Context], Awaitable[None]]] = (),
+) -> FastAPI:
+    """Build the app; the context (DB, cache, model hosts) lives as long as the app runs.
+
+    `startup`: coroutines run as tasks once the runner and the hub are up (the server answers meanwhile),
+    cancelled at shutdown; `medcloud serve` prepares the annotation demo this way.
+    """
     ctx = context or Context.build(settings or Settings())
 
     @contextlib.asynccontextmanager
@@ -59,10 +67,13 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         ctx.runner = LocalRunner(ctx, max_parallel=_max_train_jobs(ctx), on_ended=ctx.hub.job_ended)
         await ctx.runner.start()
         await ctx.hub.start()
+        started = [asyncio.create_task(task(ctx)) for task in startup]
         try:
             yield
         finally:
             sweeper.cancel()
+            for task in started:
+                task.cancel()
             await ctx.hub.stop()
             await ctx.runner.stop()
             await ctx.hosts.stop_all()

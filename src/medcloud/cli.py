@@ -35,12 +35,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from medcloud.context import Context
 
     settings = _settings(args)
+    demo = settings.demo and not args.no_demo
+    startup = []
+    if demo:
+        from medcloud.demo.annotation import serve_annotation_demo
+        from medcloud.demo.setup import with_demo_vista3d
+
+        settings = with_demo_vista3d(settings, out=sys.stdout)  # unless the operator configured one
+        startup.append(serve_annotation_demo)
     ctx = Context.build(settings)
-    if settings.demo and not args.no_demo:
+    if demo:
         from medcloud.demo.setup import prepare_demo
 
         prepare_demo(ctx, out=sys.stdout)
-    uvicorn.run(create_app(context=ctx), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(context=ctx, startup=startup), host=settings.host, port=settings.port, log_level="info")
     return 0
 
 

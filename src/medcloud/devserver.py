@@ -82,8 +82,10 @@ def _ready(url: str, proc: subprocess.Popen) -> bool:
 
 
 @contextlib.contextmanager
-def medcloud_serve(data_dir: Path, env: dict[str, str] | None = None, timeout_s: float = 120) -> Iterator[Server]:
-    """Run `medcloud serve --no-demo` until the block ends; its model hosts stop with it."""
+def medcloud_serve(
+    data_dir: Path, env: dict[str, str] | None = None, timeout_s: float = 120, *, demo: bool = False
+) -> Iterator[Server]:
+    """Run `medcloud serve --no-demo` (`demo`: with the demo set-up) until the block ends; its model hosts stop with it."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     _sandbox_reachable(data_dir)
@@ -99,7 +101,7 @@ def medcloud_serve(data_dir: Path, env: dict[str, str] | None = None, timeout_s:
                 str(port),
                 "--data-dir",
                 str(data_dir),
-                "--no-demo",
+                *([] if demo else ["--no-demo"]),
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,

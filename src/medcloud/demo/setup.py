@@ -1,4 +1,8 @@
-"""`prepare_demo`: the demo org, user and key, a local demo dataset and demo bundles, ready for guide 000."""
+"""`prepare_demo`: the demo org, user and key, a local demo dataset and demo bundles, ready for guide 000.
+
+`with_demo_vista3d` gives the server the small demo VISTA-3D unless one is configured; the annotation demo
+(datasets, experiment, job) is made once the server runs (`medcloud.demo.annotation.serve_annotation_demo`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import TextIO
 from sqlalchemy import select
 
 from medcloud.auth import service as auth
+from medcloud.config import Settings
 from medcloud.context import Context
 from medcloud.datasets import service as datasets
 from medcloud.datasets.orm import Dataset
@@ -18,7 +23,7 @@ from medcloud.sources.manifest import parse_manifest
 DEMO_DATASET = "demo-dataset"
 
 
-def _demo_key(ctx: Context) -> str:
+def demo_key(ctx: Context) -> str:
     """The demo key, created once and kept (mode 0600) beside the database so it can be shown again."""
     path = ctx.settings.data_dir / "demo-api-key.txt"
     if path.exists():
@@ -56,6 +61,19 @@ def _demo_dataset(ctx: Context, user_id: str, root: Path) -> tuple[str, dict[str
         return row.id, image_ids
 
 
+def with_demo_vista3d(settings: Settings, out: TextIO) -> Settings:
+    """`settings` with the small demo VISTA-3D (built once under data/demo/bundles) unless one is configured."""
+    if settings.vista3d_bundle:
+        return settings
+    from medcloud.demo.vista3d import ensure_demo_vista3d
+
+    print(
+        "medcloud demo: preparing the small VISTA-3D (trained once on synthetic CT, then cached)…", file=out, flush=True
+    )
+    bundle = ensure_demo_vista3d(settings.data_dir / "demo" / "bundles")
+    return settings.model_copy(update={"vista3d_bundle": str(bundle)})
+
+
 def prepare_demo(ctx: Context, out: TextIO) -> None:
     """Create what guide 000 needs and print how to use it."""
     from medcloud.demo.bundles import ensure_demo_bundles, pack_bundle
@@ -67,7 +85,7 @@ def prepare_demo(ctx: Context, out: TextIO) -> None:
     for kind, folder in folders.items():
         target = demo_dir / "bundles" / f"{folder.name}.zip"
         zips[kind] = target if target.exists() else pack_bundle(folder, demo_dir / "bundles", "zip")
-    key = _demo_key(ctx)
+    key = demo_key(ctx)
     with ctx.db.session() as session:
         user_id, _token = auth.login(session, api_key=key, signing_key=ctx.signing_key, ttl_s=60)
     dataset_id, image_ids = _demo_dataset(ctx, user_id, demo_dir / "dataset")
@@ -91,6 +109,9 @@ def prepare_demo(ctx: Context, out: TextIO) -> None:
         f"or, for the 3D segmentation bundle:\n"
         f'  bundle_url = "file://{zips["segmentation"]}"\n'
         f'  inference_image_id = "{image_ids["segmentation"]}"   # a CT volume\n'
+        f"\nAnnotation viewer: {base}/viewer  (sign in with the demo API key below, org {ctx.settings.demo_org}).\n"
+        "  Once the server runs it prepares the CT dataset demo-ct, the real-time VISTA-3D experiment\n"
+        "  demo-vista3d and its annotation job: each label you save trains a round (about a minute).\n"
         "The demo API key is:",
         file=out,
     )

@@ -14,15 +14,29 @@ from PIL import Image
 CT_SPACING: tuple[float, float, float] = (1.5, 1.5, 2.0)
 FOREGROUND_HU = 100.0
 BACKGROUND_HU = -50.0
+CT_ORIGIN: tuple[float, float, float] = (100.0, 120.0, -40.0)
 RGB_CLASSES: dict[int, str] = {0: "in body", 1: "out body"}
 # Stable ids: the same file name always gets the same uuid, on every machine.
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://medcloud.local/demo-dataset")
 
 
-def ct_affine(spacing: tuple[float, float, float] = CT_SPACING) -> np.ndarray:
-    """Affine of a synthetic CT: LPS-like flipped x/y axes as from DICOM, so Orientationd/Invertd do real work."""
+def ct_affine(
+    spacing: tuple[float, float, float] = CT_SPACING,
+    *,
+    origin: tuple[float, float, float] = CT_ORIGIN,
+    tilt_deg: float = 0.0,
+) -> np.ndarray:
+    """Affine of a synthetic CT: LPS-like flipped x/y axes as from DICOM, so Orientationd/Invertd do real work.
+
+    `tilt_deg` turns the voxel axes about the patient's left-right axis (a gantry tilt): an oblique volume,
+    whose axes are not the world's, for viewers and resampling tests.
+    """
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
-    affine[:3, 3] = (100.0, 120.0, -40.0)
+    if tilt_deg:
+        angle = np.deg2rad(tilt_deg)
+        turn = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)], [0.0, np.sin(angle), np.cos(angle)]])
+        affine[:3, :3] = turn @ affine[:3, :3]
+    affine[:3, 3] = origin
     return affine
 
 
@@ -57,16 +71,36 @@ def write_synthetic_ct(
     seed: int,
     shape: tuple[int, int, int] = (64, 64, 64),
     spacing: tuple[float, float, float] = CT_SPACING,
+    affine: np.ndarray | None = None,
     num_objs: int = 1,
     rad_max: int = 16,
     rad_min: int = 8,
+    label_value: int = 1,
+    dtype: type = np.float32,
 ) -> tuple[Path, Path]:
-    """Write a synthetic CT NIfTI (float32 HU) and its uint8 0/1 label on the same grid; return both paths."""
+    """Write a synthetic CT NIfTI (HU) and its uint8 label (0 and `label_value`) on the same grid; return both paths.
+
+    `affine` (default `ct_affine(spacing)`, LPS-like) may be any 4x4, e.g. `ct_affine(spacing, tilt_deg=20)` for
+    an oblique volume. `dtype=np.int16` stores whole HU as scanners do (half the bytes of float32).
+    """
     image, label = synthetic_ct_arrays(seed=seed, shape=shape, num_objs=num_objs, rad_max=rad_max, rad_min=rad_min)
-    affine = ct_affine(spacing)
-    _save_nifti(image, affine, image_path)
-    _save_nifti(label, affine, label_path)
+    affine = ct_affine(spacing) if affine is None else np.asarray(affine, dtype=np.float64)
+    save_ct_image(image, affine, image_path, dtype=dtype)
+    save_label(label * label_value, affine, label_path)
     return image_path, label_path
+
+
+def save_label(label: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    """Write a label volume as a uint8 NIfTI."""
+    _save_nifti(label.astype(np.uint8), affine, path)
+    return path
+
+
+def save_ct_image(image: np.ndarray, affine: np.ndarray, path: Path, *, dtype: type = np.float32) -> Path:
+    """Write HU values as a NIfTI of `dtype` (integer types are rounded)."""
+    values = np.round(image).astype(dtype) if np.issubdtype(dtype, np.integer) else image.astype(dtype)
+    _save_nifti(values, affine, path)
+    return path
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:

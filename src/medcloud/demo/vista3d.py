@@ -9,6 +9,8 @@ come through the predictor's own preprocessing, so train and serve see the same 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from medcloud.experiments.catalogue import vista3d_labels
 from medcloud.inference.vista3d_transforms import PreprocessSettings, preprocessing
 from medcloud.learning.vista3d_patches import sample_clicks, training_batch
 
-__all__ = ["SMALL_NETWORK_DEF", "SPLEEN", "make_vista3d_bundle", "vista3d_inference_config"]
+__all__ = ["SMALL_NETWORK_DEF", "SPLEEN", "ensure_demo_vista3d", "make_vista3d_bundle", "vista3d_inference_config"]
 
 SPLEEN = 3
 TRAIN_SEEDS_FROM = 1_000_000 + 30_000  # the demo's training seeds; smaller seeds are held out
@@ -53,6 +55,8 @@ SMALL_NETWORK_DEF: dict[str, Any] = {
 }
 FULL_NETWORK_DEF = "$monai.networks.nets.vista3d132(in_channels=@input_channels)"
 _PRE = PreprocessSettings()
+# Bump when the network, its training or the bundle's files change, so old caches are not reused.
+_CACHE_KEY = "demo-vista3d-v1"
 
 
 def vista3d_inference_config(network_def: Any, patch_size: tuple[int, int, int]) -> dict[str, Any]:
@@ -191,6 +195,25 @@ def make_vista3d_bundle(
             train_small_vista3d(network, seed=seed, steps=steps)
     torch.save(network.state_dict(), folder / "models" / "model.pt")
     return folder
+
+
+def ensure_demo_vista3d(cache_dir: Path) -> Path:
+    """The small trained VISTA-3D bundle, built into `cache_dir` once; later calls (and racing processes) reuse it."""
+    ready = cache_dir / _CACHE_KEY
+    if not (ready / "vista3d_small" / "models" / "model.pt").is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        build = Path(tempfile.mkdtemp(prefix=f".{_CACHE_KEY}-", dir=cache_dir))
+        try:
+            make_vista3d_bundle(build, train=True)
+            build.chmod(0o755)  # mkdtemp made it private; the cache is meant to be shared
+            # Renaming a directory is atomic: readers see a whole bundle or none; a race's loser drops its copy.
+            os.rename(build, ready)
+        except OSError:
+            if not ready.is_dir():
+                raise
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return ready / "vista3d_small"
 
 
 def _write_json(path: Path, obj: Any) -> None:
