@@ -237,17 +237,39 @@ def upscale_and_project(upscaling: nn.Sequential, src: torch.Tensor, hyper_in: t
         b, c, h, w, d = up.shape
         return (hyper_in @ up.reshape(b, c, h * w * d)).reshape(-1, 1, h, w, d)
     vectors = hyper_in[:, 0, :].to(last.weight.dtype)  # [b, C_out]
-    weights = (vectors @ last.weight.flatten(1)).reshape(-1, 1, *last.weight.shape[1:])  # [b, 1, C_in, k, k, k]
-    biases = vectors @ last.bias if last.bias is not None else None  # [b]
+    weights = (vectors @ last.weight.flatten(1)).reshape(-1, *last.weight.shape[1:])  # [b, C_in, k, k, k]
+    biases = vectors @ last.bias if last.bias is not None else torch.zeros(len(vectors), device=x.device)
+    same = tuple(last.stride) == (1, 1, 1) and tuple(last.dilation) == (1, 1, 1)
+    same = same and not isinstance(last.padding, str)
+    same = same and all(2 * int(p) + 1 == k for p, k in zip(last.padding, last.kernel_size, strict=True))
     out = [
-        F.conv3d(
-            x[i : i + 1],
-            weights[i],
-            None if biases is None else biases[i : i + 1],
-            last.stride,
-            last.padding,  # type: ignore[arg-type]
-            last.dilation,
-        )
+        _one_channel_conv(x[i], weights[i], biases[i])
+        if same
+        else F.conv3d(x[i : i + 1], weights[i : i + 1], biases[i : i + 1], last.stride, last.padding, last.dilation)  # type: ignore[arg-type]
         for i in range(x.shape[0])
     ]
     return torch.cat(out)
+
+
+def _one_channel_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`F.conv3d(x[None], weight[None], bias, padding="same")` for one output channel, [1, 1, H, W, D].
+
+    A convolution library runs one output channel at a fraction of its speed; here the channels are
+    reduced first, one matrix product (k³ taps × C) @ (C × voxels), then the k³ shifted maps are added.
+    """
+    c, h, w, d = x.shape
+    k = weight.shape[-3:]
+    per_tap = (weight.reshape(c, -1).T.to(x.dtype) @ x.reshape(c, -1)).reshape(-1, h, w, d)  # [k³, H, W, D]
+    pad = [s // 2 for s in k]
+    out = torch.zeros(h + 2 * pad[0], w + 2 * pad[1], d + 2 * pad[2], device=x.device, dtype=per_tap.dtype)
+    tap = 0
+    for a in range(k[0]):
+        for b in range(k[1]):
+            for e in range(
+                k[2]
+            ):  # out[o] += per_tap[a, b, e][o + (a, b, e) - pad], as a write at o - (a, b, e) + 2 pad
+                i, j, m = 2 * pad[0] - a, 2 * pad[1] - b, 2 * pad[2] - e
+                out[i : i + h, j : j + w, m : m + d] += per_tap[tap]
+                tap += 1
+    out = out[pad[0] : pad[0] + h, pad[1] : pad[1] + w, pad[2] : pad[2] + d] + bias.to(out.dtype)
+    return out[None, None]
