@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import browser, new_page
+from viewer_driver import ViewerDriver
 
 from medcloud.devserver import medcloud_serve
 from medcloud.inference.nrrd_writer import write_raw_nrrd
@@ -55,7 +56,7 @@ def page(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     with medcloud_serve(tmp_path_factory.mktemp("coords") / "data") as server, browser() as chromium:
         page = new_page(chromium, server.url)
         page.goto("/viewer/")
-        page.wait_for_function("window.medcloudViewer && window.medcloudViewer.booted")
+        ViewerDriver(page).wait_until("() => window.medcloudViewer && window.medcloudViewer.booted")
         yield page
         assert not page.errors, page.errors
 

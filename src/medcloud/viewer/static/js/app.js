@@ -2,7 +2,7 @@
 // The page state lives in `state`; NiiVue draws. Everything the tests and benchmarks read is on
 // `window.medcloudViewer` (state, metrics, the last request bodies).
 
-import { Niivue, DRAG_MODE, SLICE_TYPE, SHOW_RENDER } from "../vendor/niivue.js";
+import { Niivue, DRAG_MODE, MULTIPLANAR_TYPE, SLICE_TYPE, SHOW_RENDER } from "../vendor/niivue.js";
 import { Api } from "./api.js";
 import { invertAffine, mmToVoxel, rasToNativeLut, drawingToNative } from "./coords.js";
 import { History, countLabels, diff, mergeAnswer } from "./labels.js";
@@ -72,6 +72,7 @@ const nv = new Niivue({
   backColor: [0.07, 0.07, 0.09, 1],
   show3Dcrosshair: true,
   multiplanarShowRender: SHOW_RENDER.ALWAYS,
+  multiplanarLayout: MULTIPLANAR_TYPE.GRID, // axial, coronal, sagittal and 3D as a 2×2 grid
   dragAndDropEnabled: false,
   viewModeHotKey: "",
   clipPlaneHotKey: "",
@@ -112,7 +113,7 @@ async function signIn(event) {
 
 async function startSession(org, token) {
   state.api = new Api(org, token, setBusy);
-  learning = new LearningPanel($("#learning"), state.api, { onError: showError });
+  learning = new LearningPanel($("#learning"), state.api, { intervalMs: 5000, onError: showError });
   const { experiments } = await state.api.experiments();
   state.experiments = experiments.filter((e) => e.realtime_infer && SUPPORTED_ARCHS.includes(e.network_arch));
   const select = $("#experiment");
@@ -318,9 +319,14 @@ async function infer(bundleParams, updated, state_) {
   await new Promise((resolve) => requestAnimationFrame(() => resolve()));
   const t4 = performance.now();
   state.dirty = true;
+  // Resource Timing splits the request: the server's time to the first byte, then the transfer.
+  const timing = performance.getEntriesByType("resource").filter((e) => e.name.endsWith(`/experiments/${state.experiment.id}/jobs`)).pop();
+  const serverMs = timing && timing.responseStart > 0 ? timing.responseStart - timing.requestStart : null;
+  const transferMs = timing && timing.responseStart > 0 ? timing.responseEnd - timing.responseStart : null;
+  performance.clearResourceTimings();
   metrics.lastInference = {
-    requestMs: t1 - t0, parseMs: t2 - t1, mergeMs: t3 - t2, drawMs: t4 - t3, viewerMs: t4 - t1, totalMs: t4 - t0,
-    changed: change.idx.length,
+    requestMs: t1 - t0, serverMs, transferMs, parseMs: t2 - t1, mergeMs: t3 - t2, drawMs: t4 - t3,
+    viewerMs: (transferMs || 0) + (t4 - t1), totalMs: t4 - t0, changed: change.idx.length, bytes: buffer.byteLength,
   };
   status(`Model answered in ${(t1 - t0).toFixed(0)} ms; merged and drawn in ${(t4 - t1).toFixed(0)} ms (${change.idx.length} voxels changed)`);
 }
