@@ -31,6 +31,7 @@ from medcloud.inference.vista3d_transforms import (
     ensure_connected_components,
     logits_to_labels,
     map_points,
+    original_grid_index,
     prepare,
     to_original_grid,
 )
@@ -192,7 +193,7 @@ class Vista3dPredictor:
         with torch.no_grad(), self._autocast():
             labels = self._segment(prepared, prompt)
         inferred = time.perf_counter()
-        volume = to_original_grid(labels, prepared.to_prepared, prepared.original_shape)
+        volume = to_original_grid(labels, prepared.to_prepared, prepared.original_shape, index=self._grid_index(labels))
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{image_stem(image)}_seg.nrrd"
         write_raw_nrrd(path, volume, prepared.original_affine)
@@ -202,6 +203,20 @@ class Vista3dPredictor:
             "total": time.perf_counter() - started,
         }
         return [path]
+
+    def _grid_index(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The inverse resampling's index (`original_grid_index`) of the current image, kept in the cache."""
+        if not self.cache.enabled or self._prepared is None:
+            return None
+        prepared = self._prepared[1]
+        key = ("grid", None, tuple(labels.shape), prepared.original_shape)
+        index = self.cache.get(key)
+        if index is None:
+            index = original_grid_index(
+                prepared.to_prepared, prepared.original_shape, labels.shape, device=labels.device
+            )
+            self.cache.put(key, index)
+        return index
 
     def prepared(self, image: str | Path) -> PreparedImage:
         """The preprocessed image, from memory when the same file (path, mtime) was used last time."""

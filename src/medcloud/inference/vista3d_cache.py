@@ -8,7 +8,9 @@ Cached (`ClickCache`, see `vista3d_window.WindowForward` for who reads what), pe
 - `class`: the class head's logits for one class vector (before any point is combined in);
 - `out`: the window's whole output for one (class vector, prompt class, points inside the window,
   their labels): a window the new click does not touch is not run at all;
-- `pe`: the point head's dense positional encoding for a feature shape (no window).
+- `pe`: the point head's dense positional encoding for a feature shape (no window);
+- `grid`: for every voxel of the original image, the preprocessed voxel its label comes from (the
+  inverse resampling, `vista3d_transforms.original_grid_index`; no window).
 
 Keys. Every entry lives under one *scope*: the image's identity (device, inode, modification time and
 size of its files: `vista3d.image_token`, not the path, which changes per request), the weights'
@@ -23,7 +25,8 @@ or removed point inside a window is a different key; nothing is matched approxim
 Memory. The cache holds at most `max_bytes` of tensors (default 2 GiB), least recently used first out;
 an entry larger than the whole budget is not kept. For the full-size `vista3d132` and 128³ windows in
 float32 a window costs about 400 MiB (`auto`) + 50 MiB (`low`) + 8 MiB per class (`class`) + 8 MiB per
-point set (`out`), and `pe` 50 MiB once: the default keeps about four windows' features. The
+point set (`out`), `pe` 50 MiB once, and `grid` 4 bytes per original voxel (8 MiB for 128³, 200 MiB
+for 512×512×200): the default keeps about four windows' features. The
 predictor also keeps the one preprocessed image (the last one asked for). `max_bytes=0` keeps
 nothing (the predictor's `reuse=False`): every click is then computed from scratch by the same code.
 

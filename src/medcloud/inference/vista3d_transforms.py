@@ -128,31 +128,58 @@ def map_points(points: Sequence[Sequence[float]], matrix: np.ndarray) -> np.ndar
 
 
 def to_original_grid(
-    labels: torch.Tensor, to_prepared: np.ndarray, shape: Sequence[int], chunk_voxels: int = 1 << 22
+    labels: torch.Tensor,
+    to_prepared: np.ndarray,
+    shape: Sequence[int],
+    chunk_voxels: int = 1 << 22,
+    index: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Nearest-neighbour sample preprocessed `labels` [H, W, D] at every original voxel; 0 outside them."""
+    """Nearest-neighbour sample preprocessed `labels` [H, W, D] at every original voxel; 0 outside them.
+
+    `index` is `original_grid_index(to_prepared, shape, labels.shape)`, when the caller kept it.
+    """
     shape = tuple(int(s) for s in shape)
-    out = torch.zeros(shape, dtype=torch.uint8, device=labels.device)
-    src = labels.to(torch.uint8)
-    limits = torch.tensor(src.shape, device=src.device)
-    linear = torch.as_tensor(to_prepared[:3, :3], dtype=torch.float64, device=src.device)
+    if index is None:
+        index = original_grid_index(to_prepared, shape, tuple(labels.shape), chunk_voxels, labels.device)
+    src = torch.cat([labels.to(torch.uint8).flatten(), torch.zeros(1, dtype=torch.uint8, device=labels.device)])
+    return src[index.to(src.device)].reshape(shape).cpu().numpy()
+
+
+def original_grid_index(
+    to_prepared: np.ndarray,
+    shape: Sequence[int],
+    prepared_shape: Sequence[int],
+    chunk_voxels: int = 1 << 22,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """For every original voxel, the flat index of its nearest preprocessed voxel; `prod(prepared_shape)` outside.
+
+    Depends only on the geometry (the 4x4 map and both shapes), not on the labels: computed once per image.
+    int32 when the preprocessed image has fewer than 2³¹ voxels (4 bytes per original voxel).
+    """
+    shape = tuple(int(s) for s in shape)
+    limits = torch.tensor([int(s) for s in prepared_shape], device=device)
+    outside = int(torch.prod(limits))
+    dtype = torch.int32 if outside < 2**31 - 1 else torch.int64
+    out = torch.empty(shape, dtype=dtype, device=device)
+    linear = torch.as_tensor(to_prepared[:3, :3], dtype=torch.float64, device=device)
     grid_i, grid_j = torch.meshgrid(
-        torch.arange(shape[0], device=src.device, dtype=torch.float64),
-        torch.arange(shape[1], device=src.device, dtype=torch.float64),
+        torch.arange(shape[0], device=device, dtype=torch.float64),
+        torch.arange(shape[1], device=device, dtype=torch.float64),
         indexing="ij",
     )
     plane = grid_i[..., None] * linear[:, 0] + grid_j[..., None] * linear[:, 1]
-    plane = plane + torch.as_tensor(to_prepared[:3, 3], dtype=torch.float64, device=src.device)
+    plane = plane + torch.as_tensor(to_prepared[:3, 3], dtype=torch.float64, device=device)
+    strides = torch.tensor([int(prepared_shape[1]) * int(prepared_shape[2]), int(prepared_shape[2]), 1], device=device)
     step = max(1, chunk_voxels // max(1, shape[0] * shape[1]))
     for start in range(0, shape[2], step):
-        ks = torch.arange(start, min(start + step, shape[2]), device=src.device, dtype=torch.float64)
+        ks = torch.arange(start, min(start + step, shape[2]), device=device, dtype=torch.float64)
         coords = plane[:, :, None, :] + ks[None, None, :, None] * linear[:, 2]
         index = torch.floor(coords + 0.5).long()
         inside = ((index >= 0) & (index < limits)).all(-1)
-        index = torch.where(inside[..., None], index, torch.zeros_like(index))
-        values = src[index[..., 0], index[..., 1], index[..., 2]]
-        out[:, :, start : start + len(ks)] = torch.where(inside, values, torch.zeros_like(values))
-    return out.cpu().numpy()
+        flat = (index * strides).sum(-1)
+        out[:, :, start : start + len(ks)] = torch.where(inside, flat, torch.full_like(flat, outside)).to(dtype)
+    return out.flatten()
 
 
 def logits_to_labels(logits: torch.Tensor, classes: Sequence[int] | None) -> torch.Tensor:
