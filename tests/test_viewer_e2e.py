@@ -288,7 +288,7 @@ def test_scenario_b_orthanc(served, chromium, empty_orthanc, tmp_path: Path) -> 
     (instance,) = dicomweb.search_for_instances(study, answer["label"])
     sop = instance["00080018"]["Value"][0]
     seg = hd.seg.Segmentation.from_dataset(dicomweb.retrieve_instance(study, answer["label"], sop))
-    assert {s.SegmentLabel for s in seg.SegmentSequence} == {"spleen"}
+    assert {s.SegmentLabel for s in seg.SegmentSequence} == {LABELS[str(v)] for v in np.unique(edited) if v}
     volume = read_series(series.datasets)
     assert np.array_equal(seg_to_labels(seg, volume, LABELS), edited)
 
