@@ -37,7 +37,10 @@ def test_ct_dataset_writer_labeled_unlabeled_lps_and_oblique(tmp_path: Path) -> 
     assert set(np.unique(label)) == {0, 3} and np.asarray(image.dataobj)[label == 0].max() < 0  # background < 0 HU
 
     oblique = write_ct_dataset(
-        tmp_path / "oblique", n_labeled=1, n_unlabeled=0, volumes=CtVolumes(shape=(32, 32, 24), rad_min=4, rad_max=6, tilt_deg=20)
+        tmp_path / "oblique",
+        n_labeled=1,
+        n_unlabeled=0,
+        volumes=CtVolumes(shape=(32, 32, 24), rad_min=4, rad_max=6, tilt_deg=20),
     )
     tilted = nib.load(oblique.parent / json.loads(oblique.read_text())["data"][0]["image"]["path"][0])
     z_axis = tilted.affine[:3, 2] / np.linalg.norm(tilted.affine[:3, 2])
@@ -88,6 +91,16 @@ def _wait_ready(log: Path, count: int, timeout_s: float = 600) -> str:
 
 
 def _state(client: Client) -> dict:
+    """Datasets by name, the demo experiment and its annotation jobs, once those are no longer Pending."""
+    for _ in range(60):
+        state = _read_state(client)
+        if all(j["status"] != "Pending" for j in state["annotation"]):
+            return state
+        time.sleep(0.5)
+    return state
+
+
+def _read_state(client: Client) -> dict:
     datasets = {d["name"]: d["id"] for d in client.get("datasets")["datasets"]}
     experiments = [e for e in client.get("experiments", user_only="true")["experiments"] if e["name"] == EXPERIMENT]
     assert len(experiments) == 1
@@ -111,6 +124,7 @@ def test_serve_prepares_the_annotation_demo_once_and_reuses_it(tmp_path: Path) -
         exp = first["experiment"]
         assert {DATASET, EVAL_DATASET} <= set(first["datasets"])
         assert exp["realtime_infer"] is True and exp["network_arch"] == "monai_vista3d"
+        assert exp["realtime_infer_request_timeout"] == 300
         assert (
             exp["train_datasets"] == [first["datasets"][DATASET]]
             and exp["inference_dataset"] == exp["train_datasets"][0]
@@ -144,6 +158,7 @@ def test_serve_prepares_the_annotation_demo_once_and_reuses_it(tmp_path: Path) -
     with medcloud_serve(data, demo=True) as server:
         log = _wait_ready(server.log, 2)
         assert "all reused" in log.split("Annotation demo ready")[-1].splitlines()[0]
+        assert "model host loaded, warm-up click answered" in log and "warm-up inference failed" not in log
         client = Client(server.url, key)
         again = _state(client)
         assert again["datasets"] == first["datasets"] and again["experiment"]["id"] == exp["id"]

@@ -115,9 +115,10 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from medcloud.context import Context
-    from medcloud.demo.setup import prepare_demo
+    from medcloud.demo.setup import prepare_demo, with_demo_vista3d
 
-    prepare_demo(Context.build(_settings(args)), out=sys.stdout)
+    settings = with_demo_vista3d(_settings(args), out=sys.stdout)  # built now, so `serve` finds it cached
+    prepare_demo(Context.build(settings), out=sys.stdout)
     return 0
 
 

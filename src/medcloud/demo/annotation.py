@@ -35,6 +35,7 @@ LABELS: dict[str, str] = {str(SPLEEN): "spleen"}
 TRAIN_SPEC: dict[str, Any] = {"epochs": 2, "val_interval": 2, "learning_rate": 0.005, "steps_per_epoch": 20}
 ANNOTATION_SPECS: dict[str, Any] = {"round_size": 1, "stop_criteria": {"max_rounds": 100}, "train_spec": TRAIN_SPEC}
 ACTIVE = ("Pending", "Running")
+REQUEST_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,11 @@ def _dataset(api: _Api, name: str, folder: Path, created: list[str]) -> str:
 
 
 def _experiment(api: _Api, dataset_id: str, eval_dataset_id: str, created: list[str]) -> tuple[str, bool]:
-    """The demo experiment's id, and whether it was created now (its model host is then warm)."""
+    """The demo experiment's id, and whether its model host needs no warm-up (created now, or real-time off)."""
     mine = api.get("experiments", "list experiments", user_only="true")["experiments"]
     found = [e for e in mine if e["name"] == EXPERIMENT]
     if found:
-        return str(found[0]["id"]), False
+        return str(found[0]["id"]), not found[0]["realtime_infer"]  # turned off by its user: nothing to warm
     bases = api.get("experiments:base", "list base experiments")["experiments"]
     base = next(b["id"] for b in bases if b["network_arch"] == "monai_vista3d")
     body = {
@@ -120,6 +121,8 @@ def _experiment(api: _Api, dataset_id: str, eval_dataset_id: str, created: list[
         "eval_dataset": eval_dataset_id,
         "inference_dataset": dataset_id,
         "realtime_infer": True,
+        # a class prompt runs the whole sliding window: on a busy CPU that may take longer than the default 60 s
+        "realtime_infer_request_timeout": REQUEST_TIMEOUT_S,
         "model_params": {"labels": LABELS},
     }
     created.append(EXPERIMENT)
@@ -136,16 +139,18 @@ def _annotation_job(api: _Api, experiment_id: str, created: list[str]) -> str:
     return str(api.post(f"experiments/{experiment_id}/jobs", body, "start the annotation job").json())
 
 
-def unlabeled_ids(dataset_dir: Path) -> list[str]:
-    """Ids of the dataset's unlabeled images, in manifest order."""
+def warm_up_request(dataset_dir: Path) -> dict[str, Any]:
+    """A cheap inference: one click at the centre of the first labeled image's object (a few point windows,
+    where a class prompt runs the whole sliding window)."""
+    import nibabel as nib
+    import numpy as np
+
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
-    return [str(entry["image"]["id"]) for entry in manifest["data"] if "label" not in entry]
-
-
-def _warm_up(api: _Api, experiment_id: str, image_id: str) -> None:
-    """One inference: a host not running yet (after a restart) loads now, not on the viewer's first click."""
-    body = {"action": "inference", "specs": {"image": image_id, "bundle_params": {"label_prompt": [SPLEEN]}}}
-    api.post(f"experiments/{experiment_id}/jobs", body, "warm up the model host")
+    entry = next(e for e in manifest["data"] if "label" in e)
+    label = np.asarray(nib.load(dataset_dir / entry["label"]["path"][0]).dataobj) == SPLEEN
+    inside = [int(round(float(c.mean()))) for c in label.nonzero()]
+    params = {"points": [inside], "point_labels": [1], "label_prompt": [SPLEEN]}
+    return {"action": "inference", "specs": {"image": entry["image"]["id"], "bundle_params": params}}
 
 
 def prepare_annotation_demo(
@@ -163,8 +168,9 @@ def prepare_annotation_demo(
 
     `client` has the server's `base_url` (an `httpx.Client` or a `TestClient`); the server needs a VISTA-3D
     bundle (`MEDCLOUD_VISTA3D_BUNDLE`, e.g. `ensure_demo_vista3d(...)`) and local dataset paths (the default).
-    The folders come from `write_annotation_data`. `warm_up`: run one inference when the experiment already
-    existed, so its model host (not running after a restart) is loaded before the first user request.
+    The folders come from `write_annotation_data`. `warm_up`: when the experiment already existed, run one
+    click inference (`warm_up_request`), so its model host, not running after a restart, loads now rather
+    than on the first user request.
     Blocking (creating the experiment loads the model): call it from a thread in async code.
 
     Example:
@@ -175,10 +181,15 @@ def prepare_annotation_demo(
     created: list[str] = []
     dataset_id = _dataset(api, DATASET, dataset_dir, created)
     eval_id = _dataset(api, EVAL_DATASET, eval_dir, created)
-    experiment_id, new = _experiment(api, dataset_id, eval_id, created)
+    experiment_id, warm = _experiment(api, dataset_id, eval_id, created)
     job_id = _annotation_job(api, experiment_id, created)
-    if warm_up and not new:
-        _warm_up(api, experiment_id, unlabeled_ids(dataset_dir)[0])
+    if warm_up and not warm:
+        try:
+            started = time.monotonic()
+            api.post(f"experiments/{experiment_id}/jobs", warm_up_request(dataset_dir), "warm up the model host")
+            log.info("Annotation demo: model host loaded, warm-up click answered in %.1f s", time.monotonic() - started)
+        except (RuntimeError, httpx.HTTPError, OSError, ValueError, StopIteration) as exc:
+            log.warning("Annotation demo: the warm-up inference failed (the first request loads the model): %s", exc)
     return AnnotationDemo(dataset_id, eval_id, experiment_id, job_id, created)
 
 
