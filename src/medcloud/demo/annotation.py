@@ -30,8 +30,8 @@ EVAL_DATASET = "demo-ct-eval"
 EXPERIMENT = "demo-vista3d"
 # What the small demo VISTA-3D was trained on (medcloud.demo.vista3d): class 3 = the bright spheres.
 LABELS: dict[str, str] = {str(SPLEEN): "spleen"}
-# One round: 2 epochs of 20 patches, validated (a class prompt on each eval volume) before and after; about a
-# minute on two idle CPU cores.
+# One round: 2 epochs of 20 patches, validated (a class prompt on each eval volume) before and after. Sized for
+# about a minute on two idle CPU cores (not measured there); on a busy machine the validation takes minutes.
 TRAIN_SPEC: dict[str, Any] = {"epochs": 2, "val_interval": 2, "learning_rate": 0.005, "steps_per_epoch": 20}
 ANNOTATION_SPECS: dict[str, Any] = {"round_size": 1, "stop_criteria": {"max_rounds": 100}, "train_spec": TRAIN_SPEC}
 ACTIVE = ("Pending", "Running")
