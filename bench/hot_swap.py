@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from common import percentile, summary
 
+from medcloud.config import Settings
 from medcloud.demo.bundles import ensure_demo_bundles
 from medcloud.demo.synthetic import write_synthetic_ct
-from medcloud.config import Settings
 from medcloud.inference.hosts import HostManager, HostSpec
 
 

@@ -96,6 +96,7 @@ def main() -> None:
                     "train_datasets": [dataset],
                     "inference_dataset": dataset,
                     "realtime_infer": True,
+                    "realtime_infer_request_timeout": 900,
                     "model_params": {"labels": {"1": "liver", "3": "spleen"}},
                 },
             )
@@ -113,33 +114,43 @@ def main() -> None:
                     f"page ready (next image → first rendered frame), {'×'.join(map(str, SHAPE))} int16 CT: "
                     f"{ready_ms:.0f} ms"
                 )
-                driver.auto_segment()
+                stages = driver.state("v.metrics.pageStages")
+                print("  of which: " + ", ".join(f"{k} {v:.0f} ms" for k, v in stages.items()))
+                # (no auto-segment here: class prompts run every window of the whole volume, minutes on CPU)
                 driver.select_label(2)
                 centre = [int(round(c.mean())) for c in np.nonzero(truth[image_id])]
-                viewer_ms, server_ms, own_ms = [], [], []
-                for n in range(args.clicks):
-                    voxel = (centre[0] + 2 * n, centre[1], centre[2])
-                    m = driver.click_voxel(voxel, foreground=True)
-                    viewer_ms.append(m["totalMs"])
-                    server_ms.append(m["serverMs"])
-                    own_ms.append(m["viewerMs"])
-                    print(
-                        f"click {n + 1}: click → redrawn overlay {m['totalMs']:.0f} ms = API (request to first byte) "
-                        f"{m['serverMs']:.0f} ms + viewer {m['viewerMs']:.0f} ms (transfer {m['transferMs']:.0f}, "
-                        f"parse {m['parseMs']:.0f}, merge {m['mergeMs']:.0f}, redraw {m['drawMs']:.0f}; "
-                        f"{m['bytes'] / 1e6:.1f} MB)"
-                    )
-                if args.screenshot:
-                    target = REPO / "docs" / "images" / "viewer.png"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    page.screenshot(path=str(target))
-                    print(f"screenshot: {target}")
-    own = statistics.median(own_ms)
+                results = {}
+                for view in ("3D view on", "3D view off"):
+                    if view == "3D view off":
+                        if args.screenshot:
+                            target = REPO / "docs" / "images" / "viewer.png"
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            page.screenshot(path=str(target))
+                            print(f"screenshot: {target}")
+                        page.uncheck("#show-3d")
+                    viewer_ms, server_ms, own_ms = [], [], []
+                    for n in range(args.clicks):
+                        voxel = (centre[0] + 2 * n, centre[1] + (n % 2), centre[2])
+                        m = driver.click_voxel(voxel, foreground=True)
+                        viewer_ms.append(m["totalMs"])
+                        server_ms.append(m["serverMs"])
+                        own_ms.append(m["viewerMs"])
+                        print(
+                            f"{view}, click {n + 1}: click → redrawn overlay {m['totalMs']:.0f} ms = API (request to "
+                            f"first byte) {m['serverMs']:.0f} ms + viewer {m['viewerMs']:.0f} ms (transfer "
+                            f"{m['transferMs']:.0f}, parse {m['parseMs']:.0f}, merge {m['mergeMs']:.0f}, redraw "
+                            f"{m['drawMs']:.0f} [texture+GPU {m['refreshMs']:.0f}, counts {m['countMs']:.0f}, "
+                            f"frame {m['frameMs']:.0f}]; {m['bytes'] / 1e6:.1f} MB)"
+                        )
+                    results[view] = (viewer_ms, server_ms, own_ms)
+    for view, (viewer_ms, server_ms, own_ms) in results.items():
+        print(
+            f"{view}: median click → overlay {statistics.median(viewer_ms):.0f} ms, API "
+            f"{statistics.median(server_ms):.0f} ms, viewer's own cost {statistics.median(own_ms):.0f} ms"
+        )
+    own = statistics.median(results["3D view off"][2])
     print(
-        f"median: click → overlay {statistics.median(viewer_ms):.0f} ms, of which the API {statistics.median(server_ms):.0f} ms"
-    )
-    print(
-        f"viewer's own cost per click (median: transfer, parse, merge, redraw): {own:.0f} ms; "
+        f"viewer's own cost per click (median, 2-D views; transfer, parse, merge, redraw): {own:.0f} ms; "
         f"ratio to the 100 ms goal: {own / 100:.2f}"
     )
 

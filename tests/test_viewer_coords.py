@@ -95,6 +95,8 @@ async ({imageB64, labelB64, mm, voxel}) => {
     outside: coords.mmToVoxel(inverse, parsed.geometry.sizes, [1e4, 1e4, 1e4]),
     drawnMm, valueThere, roundTrip: same, drawnCount: drawing.filter((v) => v === 1).length,
     dimsRAS: Array.from(d.slice(1, 4)),
+    inverseLut: coords.nativeToRasLut(lut)[voxel[0] + voxel[1] * parsed.geometry.sizes[0]
+      + voxel[2] * parsed.geometry.sizes[0] * parsed.geometry.sizes[1]] === r,
   };
 }
 """
@@ -122,7 +124,7 @@ def test_native_voxels_and_niivue_agree(page, affine: np.ndarray, tmp_path: Path
     assert got["fromMm"] == list(voxel)
     np.testing.assert_allclose(got["backToMm"], mm, atol=1e-6)
     assert got["outside"] is None
-    assert got["drawnCount"] == 1 and got["roundTrip"]
+    assert got["drawnCount"] == 1 and got["roundTrip"] and got["inverseLut"]
     assert got["valueThere"] == 3071  # the drawing voxel is the image voxel NiiVue shows there
     np.testing.assert_allclose(got["drawnMm"], mm, atol=1e-3)  # and NiiVue puts it at the voxel's world position
     assert sorted(got["dimsRAS"]) == sorted(SHAPE)

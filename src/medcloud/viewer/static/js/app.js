@@ -4,7 +4,7 @@
 
 import { Niivue, DRAG_MODE, MULTIPLANAR_TYPE, SLICE_TYPE, SHOW_RENDER } from "../vendor/niivue.js";
 import { Api } from "./api.js";
-import { invertAffine, mmToVoxel, rasToNativeLut, drawingToNative } from "./coords.js";
+import { drawingToNative, invertAffine, mmToVoxel, nativeToRasLut, rasToNativeLut } from "./coords.js";
 import { History, countLabels, diff, mergeAnswer } from "./labels.js";
 import { LearningPanel } from "./learning.js";
 import { parseMultipart } from "./multipart.js";
@@ -29,8 +29,10 @@ const state = {
   tool: "navigate",
   remaining: null,
   dirty: false,
+  counts: null, // voxels per label value, kept up to date from each change
 };
-const metrics = { pageReadyMs: null, lastInference: null, lastSave: null };
+const metrics = { pageReadyMs: null, pageStages: null, lastInference: null, lastSave: null };
+const stages = {};
 const requests = [];
 window.medcloudViewer = { state, metrics, requests, ready: false };
 
@@ -183,9 +185,21 @@ function selectLabel(value) {
   if (state.tool === "brush") nv.setPenValue(value, false);
 }
 
-function updateCounts() {
+/** Voxel counts per label: recounted from the bitmap, or updated from a change (idx/old) just applied. */
+function updateCounts(change) {
   if (!nv.drawBitmap) return;
-  const counts = countLabels(nv.drawBitmap);
+  if (!change || !state.counts) {
+    state.counts = countLabels(nv.drawBitmap);
+  } else {
+    const bitmap = nv.drawBitmap;
+    for (let n = 0; n < change.idx.length; n++) {
+      const now = bitmap[change.idx[n]];
+      const was = change.old[n];
+      state.counts[was] = (state.counts[was] || 0) - 1;
+      state.counts[now] = (state.counts[now] || 0) + 1;
+    }
+  }
+  const counts = state.counts;
   for (const row of document.querySelectorAll("#labels li")) {
     row.querySelector(".count").textContent = String(counts[row.dataset.value] || 0);
   }
@@ -215,21 +229,31 @@ async function nextImage() {
   await guarded(async () => {
     const started = performance.now();
     const answer = await state.api.datasetAction(state.datasetId, "nextimage", {});
+    stages.nextimage = performance.now() - started;
     if (typeof answer.unlabeled === "number") state.remaining = answer.unlabeled;
     await openImage(answer.image, answer.meta || {});
+    nv.drawScene();
+    nv.gl.finish(); // the first image is rendered (3D view included), not just queued
     await new Promise((resolve) => requestAnimationFrame(() => resolve()));
     metrics.pageReadyMs = performance.now() - started;
+    metrics.pageStages = { ...stages };
     status(`Image ${answer.image} ready in ${metrics.pageReadyMs.toFixed(0)} ms`);
   });
 }
 
 async function openImage(imageId, meta) {
   // As the OHIF plugin does when a series opens: ask the server to keep it cached.
+  let t = performance.now();
   await state.api.datasetAction(state.datasetId, "cacheimage", { image: imageId, ttl: 3600 });
+  stages.cacheimage = performance.now() - t;
+  t = performance.now();
   const buffer = await state.api.volume(state.datasetId, imageId);
+  stages.volume = performance.now() - t;
+  t = performance.now();
   const volume = await readNrrd(buffer);
   for (const old of [...nv.volumes]) nv.removeVolume(old);
   await nv.loadFromArrayBuffer(buffer, "image.nrrd");
+  stages.niivue = performance.now() - t;
   nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
   nv.createEmptyDrawing();
   applyLut();
@@ -244,12 +268,14 @@ async function openImage(imageId, meta) {
     inverse: invertAffine(volume.geometry.affine),
     lut: rasToNativeLut(back),
   };
+  state.image.toRas = nativeToRasLut(state.image.lut);
   state.clicks = { label: null, points: [], pointLabels: [] };
   state.history.clear();
   state.dirty = false;
   if (isCt(meta, back)) setWindow("soft");
   showMeta(imageId, meta, volume.geometry.sizes);
   setTool(state.tool);
+  state.counts = null;
   updateCounts();
 }
 
@@ -305,27 +331,32 @@ async function infer(bundleParams, updated, state_) {
   const { contentType, buffer } = await state.api.infer(state.experiment.id, specs);
   const t1 = performance.now();
   if (state.image !== image) return; // the annotator moved on meanwhile
-  const answer = await readNrrd(answerVolume(parseMultipart(buffer, contentType)));
+  const part = answerVolume(parseMultipart(buffer, contentType));
+  const answer = await readNrrd(part.buffer, part.start, part.end);
   if (answer.voxels.length !== image.lut.length) throw new Error("The model's answer is not on the image's grid.");
-  let voxels = answer.voxels;
-  if (updated.length === 1 && !voxels.some((v) => v > 1 && v !== 255)) {
-    voxels = voxels.map((v) => (v === 1 ? updated[0] : v)); // a binary answer for one class
-  }
   const t2 = performance.now();
-  const change = mergeAnswer(nv.drawBitmap, voxels, image.lut, updated);
+  const change = mergeAnswer(nv.drawBitmap, answer.voxels, image.toRas, updated);
   const t3 = performance.now();
   state.history.push(change, state_);
-  redraw();
+  nv.refreshDrawing(true);
+  nv.gl.finish(); // the overlay is on screen, not just queued for the GPU
+  const tRefresh = performance.now();
+  updateCounts(change);
+  const tCounts = performance.now();
   await new Promise((resolve) => requestAnimationFrame(() => resolve()));
   const t4 = performance.now();
   state.dirty = true;
   // Resource Timing splits the request: the server's time to the first byte, then the transfer.
-  const timing = performance.getEntriesByType("resource").filter((e) => e.name.endsWith(`/experiments/${state.experiment.id}/jobs`)).pop();
+  // (the learning panel GETs the same URL: take the entry that started with this request)
+  const timing = performance.getEntriesByType("resource")
+    .filter((e) => e.name.endsWith(`/experiments/${state.experiment.id}/jobs`) && e.startTime >= t0 - 1)
+    .sort((a, b) => a.startTime - b.startTime)[0];
   const serverMs = timing && timing.responseStart > 0 ? timing.responseStart - timing.requestStart : null;
   const transferMs = timing && timing.responseStart > 0 ? timing.responseEnd - timing.responseStart : null;
   performance.clearResourceTimings();
   metrics.lastInference = {
     requestMs: t1 - t0, serverMs, transferMs, parseMs: t2 - t1, mergeMs: t3 - t2, drawMs: t4 - t3,
+    refreshMs: tRefresh - t3, countMs: tCounts - tRefresh, frameMs: t4 - tCounts,
     viewerMs: (transferMs || 0) + (t4 - t1), totalMs: t4 - t0, changed: change.idx.length, bytes: buffer.byteLength,
   };
   status(`Model answered in ${(t1 - t0).toFixed(0)} ms; merged and drawn in ${(t4 - t1).toFixed(0)} ms (${change.idx.length} voxels changed)`);
@@ -391,7 +422,7 @@ nv.onDrawingChanged = (action) => {
   const change = diff(strokeBefore, nv.drawBitmap);
   strokeBefore = null;
   if (state.history.push(change, undefined)) state.dirty = true;
-  updateCounts();
+  updateCounts(change);
 };
 
 function undo() {
@@ -402,6 +433,7 @@ function undo() {
     return;
   }
   if (restored && restored.clicks) state.clicks = restored.clicks;
+  state.counts = null; // recount: the undone change is gone
   redraw();
   status("Undone.");
 }
@@ -517,6 +549,10 @@ async function boot() {
   for (const button of document.querySelectorAll("[data-zoom]")) button.addEventListener("click", () => zoom(Number(button.dataset.zoom)));
   $("#pen-size").addEventListener("input", (e) => { nv.opts.penSize = Number(e.target.value); });
   $("#opacity").addEventListener("input", (e) => nv.setDrawOpacity(Number(e.target.value)));
+  $("#show-3d").addEventListener("change", (e) => {
+    nv.opts.multiplanarShowRender = e.target.checked ? SHOW_RENDER.ALWAYS : SHOW_RENDER.NEVER;
+    nv.drawScene();
+  });
   $("#signout").addEventListener("click", () => { sessionStorage.removeItem("medcloud.viewer"); location.reload(); });
   document.addEventListener("keydown", onKey);
   window.addEventListener("beforeunload", (event) => { if (state.dirty) event.preventDefault(); });

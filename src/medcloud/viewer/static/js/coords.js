@@ -58,6 +58,13 @@ export function rasToNativeLut(volume) {
   return lut;
 }
 
+/** The inverse LUT: for each native offset, the drawing (RAS grid) voxel. */
+export function nativeToRasLut(lut) {
+  const inverse = new Int32Array(lut.length);
+  for (let r = 0; r < lut.length; r++) inverse[lut[r]] = r;
+  return inverse;
+}
+
 /** A drawing bitmap (RAS grid) → a native-order label array. */
 export function drawingToNative(bitmap, lut) {
   const native = new Uint8Array(bitmap.length);

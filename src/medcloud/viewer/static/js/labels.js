@@ -1,6 +1,6 @@
 // The label layer's rules, independent of the page: merging a model answer into the drawing,
 // undo as voxel diffs, and per-label voxel counts. Arrays are NiiVue's drawing bitmap (RAS grid);
-// answers come in native order and are read through the native-offset LUT (coords.js).
+// answers come in native order and are written through the native → drawing LUT (coords.js).
 
 export const NOT_REACHED = 255; // VISTA-3D: voxels no point window reached (API §3.4)
 
@@ -11,14 +11,16 @@ export const NOT_REACHED = 255; // VISTA-3D: voxels no point window reached (API
  * class's voxels are the annotator's and stay), and voxels the answer did not reach (255) keep
  * what they had.
  */
-export function mergeAnswer(bitmap, answer, lut, updated) {
+export function mergeAnswer(bitmap, answer, nativeToRas, updated) {
   const isUpdated = new Uint8Array(256);
   for (const c of updated) isUpdated[c] = 1;
   const changedIdx = [];
   const changedOld = [];
-  for (let r = 0; r < bitmap.length; r++) {
-    const a = answer[lut[r]];
+  // In the answer's own (native) order: sequential reads, and a click's answer is mostly 255.
+  for (let n = 0; n < answer.length; n++) {
+    const a = answer[n];
     if (a === NOT_REACHED) continue;
+    const r = nativeToRas[n];
     const cur = bitmap[r];
     let next = cur;
     if (a !== 0) {

@@ -13,6 +13,7 @@ function indexOf(haystack, needle, from) {
   return -1;
 }
 
+/** {name: {buffer, start, end}}: each part as a byte range of the answer (no copies). */
 export function parseMultipart(buffer, contentType) {
   const match = /boundary="?([^";]+)"?/i.exec(contentType || "");
   if (!match) throw new Error("the answer is not multipart/form-data");
@@ -29,8 +30,8 @@ export function parseMultipart(buffer, contentType) {
     const name = /name="([^"]*)"/i.exec(head);
     const next = indexOf(bytes, delimiter, headEnd + 4);
     if (next < 0) throw new Error("malformed multipart answer");
-    const body = buffer.slice(headEnd + 4, next - 2); // the part ends with CRLF before the delimiter
-    if (name) parts[name[1]] = body;
+    // The part ends with CRLF before the delimiter. A view on the answer, not a copy.
+    if (name) parts[name[1]] = { buffer, start: headEnd + 4, end: next - 2 };
     at = next;
   }
   return parts;

@@ -20,8 +20,8 @@ function parseVector(text) {
 }
 
 /** Parse an NRRD's header; returns {fields, dataOffset}. Throws on anything that is not NRRD. */
-export function parseNrrdHeader(buffer) {
-  const bytes = new Uint8Array(buffer);
+export function parseNrrdHeader(buffer, begin = 0, finish = buffer.byteLength) {
+  const bytes = new Uint8Array(buffer, begin, finish - begin);
   const magic = new TextDecoder().decode(bytes.subarray(0, 4));
   if (magic !== "NRRD") throw new Error("not an NRRD file");
   let end = -1;
@@ -60,28 +60,35 @@ export function nrrdGeometry(fields) {
   return { sizes, affine };
 }
 
-/** Voxels of a raw (or gzip, via DecompressionStream) little-endian NRRD as a typed array. */
-export async function readNrrd(buffer) {
-  const { fields, dataOffset, headerText } = parseNrrdHeader(buffer);
+/** Voxels of a raw (or gzip, via DecompressionStream) little-endian NRRD as a typed array; the
+ * NRRD is `buffer` or its bytes [begin, finish) (a multipart part). */
+export async function readNrrd(buffer, begin = 0, finish = buffer.byteLength) {
+  const header = parseNrrdHeader(buffer, begin, finish);
+  const { fields, headerText } = header;
+  const dataOffset = begin + header.dataOffset;
   const Type = TYPES[(fields["type"] || "").toLowerCase()];
   if (!Type) throw new Error(`unsupported NRRD type ${fields["type"]}`);
   const geometry = nrrdGeometry(fields);
   const count = geometry.sizes[0] * geometry.sizes[1] * geometry.sizes[2];
-  let data = buffer.slice(dataOffset);
+  let data = buffer;
+  let end = finish;
   const encoding = (fields["encoding"] || "raw").toLowerCase();
   if (encoding === "gzip" || encoding === "gz") {
-    const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("gzip"));
+    const stream = new Blob([buffer.slice(dataOffset, finish)]).stream().pipeThrough(new DecompressionStream("gzip"));
     data = await new Response(stream).arrayBuffer();
+    end = data.byteLength;
   } else if (encoding !== "raw") {
     throw new Error(`unsupported NRRD encoding ${encoding}`);
   }
   if ((fields["endian"] || "little") !== "little" && Type.BYTES_PER_ELEMENT > 1) {
     throw new Error("big-endian NRRD is not supported");
   }
-  if (data.byteLength < count * Type.BYTES_PER_ELEMENT) throw new Error("NRRD data is truncated");
-  // The OHIF plugin reads the last N bytes: so do we (a header may be padded).
-  const start = data.byteLength - count * Type.BYTES_PER_ELEMENT;
-  const voxels = new Type(data.slice(start));
+  const bytes = count * Type.BYTES_PER_ELEMENT;
+  if (end - (data === buffer ? dataOffset : 0) < bytes) throw new Error("NRRD data is truncated");
+  // The OHIF plugin reads the last N bytes: so do we (a header may be padded). A view, not a copy,
+  // when the offset allows it (always for uint8 labels).
+  const start = end - bytes;
+  const voxels = start % Type.BYTES_PER_ELEMENT === 0 ? new Type(data, start, count) : new Type(data.slice(start, end));
   return { fields, headerText, geometry, voxels };
 }
 
