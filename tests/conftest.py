@@ -131,11 +131,8 @@ def weak_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def vista_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small VISTA-3D trained on synthetic CT (spleen = 3), built once for the whole session."""
-    from medcloud.demo.vista3d import make_vista3d_bundle
+def vista_bundle() -> Path:
+    """The small VISTA-3D trained on synthetic CT (spleen = 3): the demo's own, built once into the test cache."""
+    from medcloud.demo.vista3d import ensure_demo_vista3d
 
-    prebuilt = os.environ.get("MEDCLOUD_TEST_VISTA3D_BUNDLE")  # a developer's shortcut, never set in CI
-    if prebuilt and not os.environ.get("CI") and (Path(prebuilt) / "models" / "model.pt").exists():
-        return Path(prebuilt)
-    return make_vista3d_bundle(tmp_path_factory.mktemp("vista"), train=True)
+    return ensure_demo_vista3d(BUNDLE_CACHE)
