@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from browser import browser, new_page  # noqa: E402
 from viewer_driver import ViewerDriver  # noqa: E402
 
-from medcloud.demo.synthetic import stable_id, write_synthetic_ct  # noqa: E402
+from medcloud.demo.ct_dataset import CtVolumes, write_ct_dataset  # noqa: E402
 from medcloud.devserver import create_key, medcloud_serve  # noqa: E402
 
 ORG = "bench"
@@ -38,26 +38,14 @@ SHAPE = (256, 256, 128)
 
 
 def write_dataset(root: Path, count: int) -> dict[str, np.ndarray]:
+    """The demo's CT volumes (256×256×128, one sphere; the background never reaches 0 HU), unlabeled;
+    returns each image's foreground (HU > 0), where the clicks go."""
     import nibabel as nib
 
-    data, truth = [], {}
-    for i in range(count):
-        image, label = f"imagesTr/ct_{i}.nii.gz", f"truth/ct_{i}.nii.gz"
-        write_synthetic_ct(
-            root / image,
-            root / label,
-            seed=9100 + i,
-            shape=SHAPE,
-            spacing=(1.0, 1.0, 2.0),
-            rad_max=30,
-            rad_min=20,
-            label_value=3,
-            dtype=np.int16,
-        )
-        data.append({"image": {"path": [image], "id": stable_id(image)}})
-        truth[stable_id(image)] = np.asarray(nib.load(root / label).dataobj)
-    (root / "manifest.json").write_text(json.dumps({"data": data}))
-    return truth
+    manifest = json.loads(
+        write_ct_dataset(root, n_labeled=0, n_unlabeled=count, volumes=CtVolumes(shape=SHAPE)).read_text()
+    )
+    return {e["image"]["id"]: np.asarray(nib.load(root / e["image"]["path"][0]).dataobj) > 0 for e in manifest["data"]}
 
 
 def main() -> None:

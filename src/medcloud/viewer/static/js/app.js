@@ -232,8 +232,10 @@ async function nextImage() {
     stages.nextimage = performance.now() - started;
     if (typeof answer.unlabeled === "number") state.remaining = answer.unlabeled;
     await openImage(answer.image, answer.meta || {});
+    const t = performance.now();
     nv.drawScene();
     nv.gl.finish(); // the first image is rendered (3D view included), not just queued
+    stages.render = performance.now() - t;
     await new Promise((resolve) => requestAnimationFrame(() => resolve()));
     metrics.pageReadyMs = performance.now() - started;
     metrics.pageStages = { ...stages };
@@ -254,6 +256,7 @@ async function openImage(imageId, meta) {
   for (const old of [...nv.volumes]) nv.removeVolume(old);
   await nv.loadFromArrayBuffer(buffer, "image.nrrd");
   stages.niivue = performance.now() - t;
+  t = performance.now();
   nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
   nv.createEmptyDrawing();
   applyLut();
@@ -277,6 +280,7 @@ async function openImage(imageId, meta) {
   setTool(state.tool);
   state.counts = null;
   updateCounts();
+  stages.prepare = performance.now() - t; // drawing layer, lookup tables, window
 }
 
 function isCt(meta, volume) {
