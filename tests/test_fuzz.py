@@ -287,6 +287,7 @@ def fuzz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fuzz]:
             return resp.json()["id"]
 
         real = {"org": ORG, "dataset_id": create("datasets", {"name": "ds", "client_url": str(dataset)})}
+        real["image_id"] = "img-1"  # the dataset's one image (not a readable volume: its routes must say so, not crash)
         real["workspace_id"] = create(
             "workspaces",
             {"name": "ws", "cloud_type": "local", "cloud_specific_details": {"cloud_bucket_name": str(tmp_path)}},

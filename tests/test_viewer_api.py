@@ -206,6 +206,17 @@ def test_volume_errors(vapi, dataset_root, dataset_id):
     assert vapi.client.get(vapi.url(f"datasets/{dataset_id}/images/big-ct/volume")).status_code == 401
 
 
+def test_a_broken_image_file_is_a_clear_400(vapi, tmp_path):
+    # A dataset file named .nii.gz that is not one (or is truncated): found by the schema fuzzing as a 500.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.nii.gz").write_bytes(b"not really an image")
+    (tmp_path / "manifest.json").write_text(json.dumps({"data": [{"image": {"path": ["images/a.nii.gz"], "id": "a"}}]}))
+    broken = vapi.post("datasets", json={"name": "broken", "client_url": str(tmp_path)}).json()["id"]
+    for resp in (vapi.get(f"datasets/{broken}/images/a/volume"), vapi.get(f"datasets/{broken}/images/a/label")):
+        assert resp.status_code == 400, resp.text
+        assert "cannot be read as NIfTI" in resp.json()["error_desc"]
+
+
 # Labels on a local dataset ---------------------------------------------------------------------------------
 
 

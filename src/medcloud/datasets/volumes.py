@@ -10,6 +10,7 @@ its NIfTI beside the instances; a manifest may list the folder of one) is read w
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,13 @@ def load_volume(files: list[Path], image_id: str) -> Volume:
     """The image as a 3-D volume: its NIfTI (what the model reads), else its DICOM series; `Invalid` otherwise."""
     niftis = [f for f in files if f.name.lower().endswith((".nii", ".nii.gz"))]
     if niftis:
-        image = nib.load(str(niftis[0]))
-        array = _as_3d(_voxels(image), image_id)
+        try:
+            image = nib.load(str(niftis[0]))
+            voxels = _voxels(image)
+        except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
+            # a file in the dataset that is not the NIfTI it claims to be (or is truncated): say so, never a 500
+            raise Invalid(f"Image {image_id} ({niftis[0].name}) cannot be read as NIfTI: {exc}") from None
+        array = _as_3d(voxels, image_id)
         return Volume(array=array, affine=np.asarray(image.affine, dtype=np.float64))
     dicom = [f for f in files if f.suffix.lower() in _DICOM_SUFFIXES]
     if dicom and len(dicom) == len(files):
