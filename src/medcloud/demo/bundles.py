@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tarfile
 import tempfile
 import zipfile
@@ -23,6 +21,7 @@ from monai.transforms.utils import map_binary_to_indices
 from monai.utils import convert_to_tensor
 
 from medcloud.demo import classification_configs, configs, segmentation_configs
+from medcloud.demo.build_cache import build_once
 from medcloud.demo.synthetic import write_demo_dataset, write_synthetic_ct, write_synthetic_rgb
 
 __all__ = [
@@ -129,21 +128,12 @@ def pack_bundle(folder: Path, out_dir: Path, fmt: str = "zip") -> Path:
 
 def ensure_demo_bundles(cache_dir: Path) -> dict[str, Path]:
     """Build both trained demo bundles into `cache_dir` once; later calls (and racing processes) reuse them."""
-    ready = cache_dir / _CACHE_KEY
-    if not ready.is_dir():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        build = Path(tempfile.mkdtemp(prefix=f".{_CACHE_KEY}-", dir=cache_dir))
-        try:
-            make_classification_bundle(build)
-            make_segmentation_bundle(build)
-            build.chmod(0o755)  # mkdtemp made it private; the cache is meant to be shared
-            # Renaming a directory is atomic: readers see a whole cache or none; a race's loser drops its copy.
-            os.rename(build, ready)
-        except OSError:
-            if not ready.is_dir():
-                raise
-        finally:
-            shutil.rmtree(build, ignore_errors=True)
+
+    def build(folder: Path) -> None:
+        make_classification_bundle(folder)
+        make_segmentation_bundle(folder)
+
+    ready = build_once(cache_dir, _CACHE_KEY, build)
     return {"classification": ready / CLASSIFICATION_NAME, "segmentation": ready / SEGMENTATION_NAME}
 
 

@@ -9,8 +9,6 @@ come through the predictor's own preprocessing, so train and serve see the same 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.losses import DiceLoss
 
+from medcloud.demo.build_cache import build_once
 from medcloud.demo.synthetic import _save_nifti, synthetic_ct_arrays
 from medcloud.experiments.catalogue import vista3d_labels
 from medcloud.inference.vista3d_transforms import PreprocessSettings, preprocessing
@@ -199,20 +198,7 @@ def make_vista3d_bundle(
 
 def ensure_demo_vista3d(cache_dir: Path) -> Path:
     """The small trained VISTA-3D bundle, built into `cache_dir` once; later calls (and racing processes) reuse it."""
-    ready = cache_dir / _CACHE_KEY
-    if not (ready / "vista3d_small" / "models" / "model.pt").is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        build = Path(tempfile.mkdtemp(prefix=f".{_CACHE_KEY}-", dir=cache_dir))
-        try:
-            make_vista3d_bundle(build, train=True)
-            build.chmod(0o755)  # mkdtemp made it private; the cache is meant to be shared
-            # Renaming a directory is atomic: readers see a whole bundle or none; a race's loser drops its copy.
-            os.rename(build, ready)
-        except OSError:
-            if not ready.is_dir():
-                raise
-        finally:
-            shutil.rmtree(build, ignore_errors=True)
+    ready = build_once(cache_dir, _CACHE_KEY, lambda folder: make_vista3d_bundle(folder, train=True))
     return ready / "vista3d_small"
 
 
