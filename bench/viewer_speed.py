@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from browser import browser, new_page  # noqa: E402
+from browser import browser  # noqa: E402
 from viewer_driver import ViewerDriver  # noqa: E402
 
 from medcloud.demo.ct_dataset import CtVolumes, write_ct_dataset  # noqa: E402
@@ -90,10 +90,8 @@ def main() -> None:
             )
             created.raise_for_status()
             with browser() as chromium:
-                page = new_page(chromium, server.url, width=1500, height=900)
-                driver = ViewerDriver(page)
-                page.goto("/viewer/")
-                driver.wait_until("() => window.medcloudViewer && window.medcloudViewer.booted")
+                driver = ViewerDriver.open(chromium, server.url, width=1500, height=900)
+                page = driver.page
                 driver.sign_in(key, ORG)
                 driver.wait_ready()
                 image_id = driver.next_image()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import browser, new_page
+from browser import browser
 from viewer_driver import ViewerDriver
 
 from medcloud.devserver import medcloud_serve
@@ -54,9 +54,7 @@ def _nrrd_bytes(volume: np.ndarray, affine: np.ndarray, dtype: type, tmp: Path) 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     with medcloud_serve(tmp_path_factory.mktemp("coords") / "data") as server, browser() as chromium:
-        page = new_page(chromium, server.url)
-        page.goto("/viewer/")
-        ViewerDriver(page).wait_until("() => window.medcloudViewer && window.medcloudViewer.booted")
+        page = ViewerDriver.open(chromium, server.url).page
         yield page
         assert not page.errors, page.errors
 

@@ -17,7 +17,7 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-from browser import browser, new_page
+from browser import browser
 from dicom_data import store_ct, store_seg
 from dicomweb_client.api import DICOMwebClient
 from helpers import dice, wait_for
@@ -198,10 +198,8 @@ def test_scenario_a_local_dataset(served, chromium, tmp_path: Path) -> None:  # 
     exp_id = _vista_experiment(client, dataset_id)
     annotation_id = _start_annotation(client, exp_id)
 
-    page = new_page(chromium, server.url)
-    driver = ViewerDriver(page)
-    page.goto("/viewer/")
-    driver.wait_until("() => window.medcloudViewer && window.medcloudViewer.booted")
+    driver = ViewerDriver.open(chromium, server.url)
+    page = driver.page
     assert page.input_value("#org") == "iasixjqzw1hj"  # the server's demo org is offered first
 
     # A wrong key shows the API's own error sentence.
@@ -264,10 +262,8 @@ def test_scenario_b_orthanc(served, chromium, empty_orthanc, tmp_path: Path) -> 
     exp_id = _vista_experiment(client, dataset_id)
     annotation_id = _start_annotation(client, exp_id)
 
-    page = new_page(chromium, server.url)
-    driver = ViewerDriver(page)
-    page.goto("/viewer/")
-    driver.wait_until("() => window.medcloudViewer && window.medcloudViewer.booted")
+    driver = ViewerDriver.open(chromium, server.url)
+    page = driver.page
     driver.sign_in(key, ORG)
     driver.wait_ready()
     page.select_option("#experiment", exp_id)

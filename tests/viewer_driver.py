@@ -114,6 +114,16 @@ class ViewerDriver:
 
     # ---- acting like an annotator ----
 
+    @classmethod
+    def open(cls, chromium: Any, base_url: str, **page_options: Any) -> ViewerDriver:
+        """A new page on the viewer, its module booted."""
+        from browser import new_page
+
+        driver = cls(new_page(chromium, base_url, **page_options))
+        driver.page.goto("/viewer/")
+        driver.wait_until("() => window.medcloudViewer && window.medcloudViewer.booted")
+        return driver
+
     def sign_in(self, key: str, org: str) -> None:
         self.page.fill("#api-key", key)
         self.page.fill("#org", org)
@@ -133,17 +143,21 @@ class ViewerDriver:
         )
         return self.state("v.state.image.id")
 
-    def _wait_inference(self, action: Any, timeout_ms: float) -> dict:
-        before = self.state("v.metrics.lastInference")
+    def _act_and_wait(self, metric: str, action: Any, timeout_ms: float) -> None:
+        """Do `action`, wait until `metrics[metric]` changes (or an error shows), and fail on an error."""
+        before = self.state(f"v.metrics.{metric}")
         action()
         self.wait_until(
-            "(before) => { const m = window.medcloudViewer.metrics.lastInference; "
+            "([metric, before]) => { const m = window.medcloudViewer.metrics[metric]; "
             "return (m && JSON.stringify(m) !== JSON.stringify(before)) || !document.querySelector('#error').hidden; }",
-            arg=before,
+            arg=[metric, before],
             timeout_ms=timeout_ms,
         )
         error = self.error_text()
         assert error is None, f"the viewer shows an error: {error}"
+
+    def _wait_inference(self, action: Any, timeout_ms: float) -> dict:
+        self._act_and_wait("lastInference", action, timeout_ms)
         return self.state("v.metrics.lastInference")
 
     def auto_segment(self, timeout_ms: float = 180_000) -> dict:
@@ -180,14 +194,5 @@ class ViewerDriver:
         self.wait_until("(n) => window.medcloudViewer.state.history.size < n", arg=before)
 
     def save(self, timeout_ms: float = 120_000) -> dict:
-        before = self.state("v.metrics.lastSave")
-        self.page.locator("body").press("s")
-        self.wait_until(
-            "(before) => { const m = window.medcloudViewer.metrics.lastSave; "
-            "return (m && JSON.stringify(m) !== JSON.stringify(before)) || !document.querySelector('#error').hidden; }",
-            arg=before,
-            timeout_ms=timeout_ms,
-        )
-        error = self.error_text()
-        assert error is None, f"the viewer shows an error: {error}"
+        self._act_and_wait("lastSave", lambda: self.page.locator("body").press("s"), timeout_ms)
         return self.state("v.metrics.lastSave.answer")
