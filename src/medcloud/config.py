@@ -128,6 +128,24 @@ class Settings(BaseSettings):
         default=None, description="URL or path of a VISTA-3D bundle in the official layout (zip or folder)."
     )
 
+    # Where model code runs (medcloud/execution/): unset = this machine (child processes); set = a Ray cluster.
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster (GCS) address, e.g. 10.0.0.5:6379; unset runs everything here."
+    )
+    ray_dashboard_url: str | None = Field(
+        default=None, description="The cluster's Jobs API (dashboard), e.g. http://10.0.0.5:8265; default: asked of Ray."
+    )
+    ray_namespace: str = Field(default="medcloud", description="Ray namespace of this server's apps and jobs.")
+    ray_shared_dir: Path | None = Field(
+        default=None,
+        description="A folder every Ray node sees at the same path (NFS, ...): bundles, checkpoints, job folders.",
+    )
+    ray_gpus_per_replica: float = Field(default=0.0, ge=0, description="GPUs per model replica (0.5: two share one).")
+    ray_cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs per model replica.")
+    ray_gpus_per_job: float = Field(default=0.0, ge=0, description="GPUs per train/batch job.")
+    ray_min_replicas: int = Field(default=1, ge=0, description="Replicas per experiment without model_params.replicas.")
+    ray_max_replicas: int = Field(default=1, ge=1, description="Most replicas autoscaling may start per experiment.")
+
     @field_validator("egress_allowed_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:

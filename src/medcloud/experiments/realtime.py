@@ -91,6 +91,7 @@ def host_spec(row: Experiment, settings: Settings) -> HostSpec:
         image_key=params.get("image_key", "image"),
         labels=params.get("labels") or {},
         allow_expression_overrides=settings.allow_expression_overrides,
+        replicas=int(params.get("replicas") or 1),
     )
 
 

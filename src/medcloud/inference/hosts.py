@@ -48,6 +48,7 @@ class HostSpec:
     image_key: str = "image"
     labels: dict[str, str] = field(default_factory=dict)
     allow_expression_overrides: bool = False  # the operator's setting (bundles/overrides.py)
+    replicas: int = 1  # model_params.replicas: the Ray backend runs this many (the local one runs one)
 
 
 class HostDied(Unavailable):
