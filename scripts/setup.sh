@@ -18,7 +18,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install --quiet --upgrade pip
   # torch first: the CPU wheel lies on this disk; anything else would fetch a CUDA build.
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install --quiet "torch==2.13.0"
-  .venv/bin/pip install --quiet -e ".[test]"
+  .venv/bin/pip install --quiet -e ".[test,ray,postgres]"
   touch "$stamp"
 fi
 
