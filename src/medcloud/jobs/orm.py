@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Float, Integer, String
+from sqlalchemy import JSON, Float, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from medcloud.db import Base, Owned
@@ -17,6 +17,7 @@ class Job(Base, Owned):
     status: Mapped[str] = mapped_column(String(16), index=True)
     specs: Mapped[dict] = mapped_column(default=dict)
     result: Mapped[dict] = mapped_column(default=dict)
-    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The job backend's handle (execution/base.py `Handle`): {"backend": "local", "pid": ...} or a Ray submission id.
+    backend_handle: Mapped[dict | None] = mapped_column(JSON, default=None)
     heartbeat: Mapped[float | None] = mapped_column(Float, default=None)
     started: Mapped[float | None] = mapped_column(Float, default=None)
