@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow_server import mlflow_url  # noqa: F401  (session fixtures of real services, for every test module)
 from orthanc import empty_orthanc_fixture, orthanc_fixture  # noqa: F401
+from postgres import database_per_test, pg_database, postgres_server, postgres_url  # noqa: F401
 from services import azurite, s3_server  # noqa: F401
 
 from medcloud.app import create_app
