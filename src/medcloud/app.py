@@ -20,6 +20,7 @@ from medcloud.datasets.router import router as datasets_router
 from medcloud.experiments.router import router as experiments_router
 from medcloud.jobs.router import router as jobs_router
 from medcloud.jobs.runner import LocalRunner
+from medcloud.leader import Role
 from medcloud.learning.hub import LearningHub
 from medcloud.workspaces.router import router as workspaces_router
 
@@ -63,10 +64,21 @@ def create_app(
         # Before adopting jobs: the data dir's modes must let running model code reach its own folders.
         await asyncio.to_thread(lambda: ctx.sandbox)
         sweeper = asyncio.create_task(_sweep_cache(ctx))
-        ctx.hub = LearningHub(ctx)
-        ctx.runner = LocalRunner(ctx, max_parallel=_max_train_jobs(ctx), on_ended=ctx.hub.job_ended)
-        await ctx.runner.start()
-        await ctx.hub.start()
+
+        async def start_duties() -> None:  # the leader's: the job scheduler and the annotation controllers
+            ctx.hub = LearningHub(ctx)
+            ctx.runner = LocalRunner(ctx, max_parallel=_max_train_jobs(ctx), on_ended=ctx.hub.job_ended)
+            await ctx.runner.start()
+            await ctx.hub.start()
+
+        async def stop_duties() -> None:
+            await ctx.hub.stop()
+            await ctx.runner.stop()
+
+        # Leader (always, with one process): the duties are up when this returns. Follower (another process
+        # leads on this database): ctx.runner and ctx.hub reach the leader's, and it takes over if that dies.
+        role = Role(ctx, start=start_duties, stop=stop_duties)
+        await role.begin()
         started = [asyncio.create_task(task(ctx)) for task in startup]
         try:
             yield
@@ -74,8 +86,7 @@ def create_app(
             sweeper.cancel()
             for task in started:
                 task.cancel()
-            await ctx.hub.stop()
-            await ctx.runner.stop()
+            await role.end()
             await ctx.hosts.stop_all()
             ctx.close()
 

@@ -36,6 +36,10 @@ class LearningHub:
             self.launch(job_id)
 
     def launch(self, job_id: str) -> None:
+        """Start the job's controller; idempotent (a follower's wake-up may name a job `start` resumed)."""
+        if job_id in self._controllers:
+            self._controllers[job_id][0].event.set()
+            return
         controller = AnnotationController(self.ctx, job_id)
         task = asyncio.get_running_loop().create_task(controller.run())
         task.add_done_callback(lambda t, j=job_id: self._done(j, t))
