@@ -1,4 +1,4 @@
-"""The `medcloud` command: `serve`, `keys create|list|revoke`, `demo`."""
+"""The `medcloud` command: `serve`, `keys create|list|revoke`, `db upgrade|current`, `demo`."""
 
 from __future__ import annotations
 
@@ -113,6 +113,40 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the metadata database to the newest revision (`serve` does it too when it starts)."""
+    from medcloud import migrations
+    from medcloud.db import Database
+
+    url = _settings(args).sqlalchemy_url
+    db = Database(url, migrate=False)
+    try:
+        before = migrations.current(db.engine)
+        after = migrations.upgrade(db.engine)
+    finally:
+        db.dispose()
+    if before == after:
+        print(f"The database is at the newest revision already ({after}).")
+    else:
+        print(f"Migrated the database from {before or 'no revision'} to {after}.")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    """Print the database's revision and the newest one; exit 1 when it needs `medcloud db upgrade`."""
+    from medcloud import migrations
+    from medcloud.db import Database
+
+    db = Database(_settings(args).sqlalchemy_url, migrate=False)
+    try:
+        at = migrations.current(db.engine)
+    finally:
+        db.dispose()
+    print(f"current: {at or 'none'}")
+    print(f"newest:  {migrations.head()}")
+    return 0 if at == migrations.head() else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medcloud.context import Context
     from medcloud.demo.setup import prepare_demo, with_demo_vista3d
@@ -146,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id, as `keys list` and `keys create` show it")
     revoke.add_argument("--data-dir", type=Path)
     revoke.set_defaults(func=cmd_keys_revoke)
+    db = sub.add_parser(
+        "db", help="the metadata database's schema (MEDCLOUD_DATABASE_URL, else SQLite in the data dir)"
+    )
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="migrate to the newest schema (serve does it when it starts)")
+    upgrade.add_argument("--data-dir", type=Path)
+    upgrade.set_defaults(func=cmd_db_upgrade)
+    current = db_sub.add_parser("current", help="print the schema revision; exit 1 when an upgrade is due")
+    current.add_argument("--data-dir", type=Path)
+    current.set_defaults(func=cmd_db_current)
     demo = sub.add_parser("demo", help="create the demo org, key, dataset and bundles, then exit")
     demo.add_argument("--data-dir", type=Path)
     demo.set_defaults(func=cmd_demo)

@@ -21,17 +21,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect, make_url, text
+# Before alembic is imported: its plugins announce themselves at INFO, at every start of every process.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.autogenerate import compare_metadata  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from sqlalchemy import Connection, Engine, inspect, make_url, text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VERSION_TABLE = "alembic_version"
@@ -65,7 +69,13 @@ def head() -> str:
 def current(engine: Engine) -> str | None:
     """The database's revision; None when it has none (empty, or made before migrations)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return _revision(connection)
+
+
+def _revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def differences(connection: Connection) -> list[Any]:
@@ -84,10 +94,10 @@ def _is_version_table(diff: Any) -> bool:
 def upgrade(engine: Engine, revision: str = "head", *, fast_new: bool = True) -> str | None:
     """Bring the database to `revision` (see the module's docstring); returns the revision it is at."""
     with _serialized(engine) as connection:
-        tables = set(inspect(connection).get_table_names())
-        at = MigrationContext.configure(connection).get_current_revision() if VERSION_TABLE in tables else None
+        at = _revision(connection)
         if at is not None and revision == "head" and at == head():
             return at  # the common case (every start but the first): one query, no migration machinery
+        tables = set(inspect(connection).get_table_names())
         if not tables - {VERSION_TABLE} and fast_new and revision == "head":
             from medcloud.db import Base, import_models
 
@@ -97,7 +107,7 @@ def upgrade(engine: Engine, revision: str = "head", *, fast_new: bool = True) ->
             return head()
         # Pre-migration databases have no alembic_version: 0001_initial creates only the tables they lack.
         command.upgrade(alembic_config(connection), revision)
-        return MigrationContext.configure(connection).get_current_revision()
+        return _revision(connection)
 
 
 @contextlib.contextmanager
