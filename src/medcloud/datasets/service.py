@@ -6,7 +6,8 @@ import threading
 import time
 from collections import defaultdict
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from medcloud import egress
@@ -14,7 +15,7 @@ from medcloud.config import Settings
 from medcloud.datasets.orm import Dataset, ServedImage
 from medcloud.datasets.schemas import DatasetCreate, DatasetOut, DatasetPatch
 from medcloud.db import Database, get_owned
-from medcloud.errors import Conflict
+from medcloud.errors import Conflict, Unavailable
 from medcloud.secrets import SecretBox
 from medcloud.sources.base import DataSource
 from medcloud.sources.manifest_cache import MANIFESTS
@@ -160,23 +161,52 @@ def delete(session: Session, *, row: Dataset, users: list[str]) -> DatasetOut:
 
 
 _pick_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+PICK_ATTEMPTS = 50
 
 
 def pick_least_recently_served(db: Database, candidates: list[str], *, dataset_id: str) -> str | None:
     """Choose the candidate served longest ago (never-served first) and mark it served now.
 
-    Read, choose and commit happen under one lock per dataset, so two annotators asking at the same
-    moment get two different images while others are left.
+    The mark is a conditional write: an UPDATE of the `served_at` that was read (or an INSERT that the
+    unique (dataset, image) constraint refuses when another picker inserted first). A picker that loses,
+    in this process or another sharing the database, reads again and takes the next image, so two
+    annotators asking at the same moment get two different images while others are left. One lock per
+    dataset keeps this process's threads from racing each other for nothing.
     """
     if not candidates:
         return None
-    with _pick_locks[dataset_id], db.session() as session:
-        served = {
-            s.image_id: s for s in session.scalars(select(ServedImage).where(ServedImage.dataset_id == dataset_id))
-        }
-        choice = min(candidates, key=lambda image_id: served[image_id].served_at if image_id in served else -1.0)
-        if choice in served:
-            served[choice].served_at = time.time()
-        else:
-            session.add(ServedImage(dataset_id=dataset_id, image_id=choice, served_at=time.time()))
-    return choice
+    with _pick_locks[dataset_id]:
+        for _attempt in range(PICK_ATTEMPTS):  # each lost attempt is another picker's success
+            choice = _try_pick(db, candidates, dataset_id=dataset_id)
+            if choice is not None:
+                return choice
+    raise Unavailable("nextimage: too many annotators asked at the same moment; try again.")
+
+
+def _try_pick(db: Database, candidates: list[str], *, dataset_id: str) -> str | None:
+    """One attempt: the image marked served by this call, or None when another picker changed it first."""
+    table = ServedImage.__table__
+    try:
+        with db.session() as session:
+            served = dict(
+                session.execute(
+                    select(ServedImage.image_id, ServedImage.served_at).where(ServedImage.dataset_id == dataset_id)
+                ).all()
+            )
+            choice = min(candidates, key=lambda image_id: served.get(image_id, -1.0))
+            now = max(time.time(), served.get(choice, 0.0) + 1e-6)  # later than the one replaced, even if clocks differ
+            if choice in served:
+                won = session.execute(
+                    update(table)
+                    .where(
+                        table.c.dataset_id == dataset_id,
+                        table.c.image_id == choice,
+                        table.c.served_at == served[choice],
+                    )
+                    .values(served_at=now)
+                ).rowcount
+                return choice if won == 1 else None
+            session.add(ServedImage(dataset_id=dataset_id, image_id=choice, served_at=now))
+        return choice
+    except IntegrityError:  # another picker inserted the same never-served image first
+        return None
