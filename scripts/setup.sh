@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything medcloud needs on a fresh Debian machine: the Python environment in .venv/
 # (CPU PyTorch first, so pip never pulls a CUDA build) and, with --test, the services the test
-# suite starts (Orthanc with DICOMweb, Azurite from npm) and Debian's chromium for the viewer tests. Safe to run again: it skips what is there.
+# suite starts (Orthanc with DICOMweb, Azurite from npm, PostgreSQL) and Debian's chromium for the viewer tests. Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -41,6 +41,14 @@ if [ "$want_test" = 1 ]; then
   if ! command -v chromium >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
+  # PostgreSQL 15 for tests/postgres.py, which starts its own server in a temporary folder (initdb and
+  # pg_ctl from PATH or /usr/lib/postgresql/<version>/bin). No cluster is created or started here.
+  if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    $SUDO mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.d/medcloud.conf >/dev/null
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
   fi
   if [ ! -x node_modules/.bin/azurite-blob ]; then
     npm ci --silent --no-audit --no-fund
