@@ -21,11 +21,13 @@ from helpers import wait_for
 
 from medcloud.config import Settings
 from medcloud.context import Context
+from medcloud.execution.local_jobs import LocalJobs, find_workers
 from medcloud.jobs import files
 from medcloud.jobs import service as jobs
 from medcloud.jobs.orm import Job
-from medcloud.jobs.runner import LocalRunner, find_workers
+from medcloud.jobs.runner import Scheduler
 from medcloud.jobs.states import JobStatus
+from medcloud.jobs.ticket import JobTicket
 from medcloud.learning.actions import begin_cancel
 from medcloud.learning.controller import AnnotationController
 
@@ -88,17 +90,40 @@ def workers(ctx: Context) -> Iterator[Workers]:
     fakes.close()
 
 
-def runner_with_fakes(ctx: Context, workers: Workers, started: list[str] | None = None) -> LocalRunner:
-    """A runner that is never started (the test drives it) and spawns fake workers."""
-    runner = LocalRunner(ctx, max_parallel=2)
+def ticket_of(session, row: Job) -> JobTicket:  # type: ignore[no-untyped-def]
+    return JobTicket(job_id=row.id, action=row.action, experiment_id=row.experiment_id, network_arch="x", bundle_dir="")
 
-    def popen(row: Job) -> subprocess.Popen:
-        if started is not None:
-            started.append(row.id)
-        return workers.start(row.id)
 
-    runner._popen = popen  # type: ignore[method-assign]
+def scheduler(ctx: Context, max_parallel: int = 1) -> Scheduler:
+    """A scheduler that is never started (the test drives it), on the local backend, with stand-in tickets."""
+    runner = Scheduler(ctx, LocalJobs(ctx.settings), max_parallel=max_parallel)
+    runner._ticket = ticket_of  # type: ignore[method-assign]  # the jobs' experiments do not exist
     return runner
+
+
+def runner_with_fakes(ctx: Context, workers: Workers, started: list[str] | None = None) -> Scheduler:
+    """A scheduler whose backend spawns fake workers."""
+    runner = scheduler(ctx, max_parallel=2)
+
+    def popen(job_id: str, directory: Path) -> subprocess.Popen:
+        if started is not None:
+            started.append(job_id)
+        return workers.start(job_id)
+
+    runner.backend._popen = popen  # type: ignore[attr-defined]
+    return runner
+
+
+def proc_of(runner: Scheduler, job_id: str) -> subprocess.Popen:
+    return runner.backend._procs[job_id]  # type: ignore[attr-defined]
+
+
+def local_handle(pid: int | None) -> dict | None:
+    return {"backend": "local", "pid": pid} if pid else None
+
+
+def pid_of(row: Job) -> int | None:
+    return (row.backend_handle or {}).get("pid")
 
 
 def add_job(ctx: Context, status: JobStatus = JobStatus.PENDING, pid: int | None = None) -> str:
@@ -108,7 +133,7 @@ def add_job(ctx: Context, status: JobStatus = JobStatus.PENDING, pid: int | None
         )
         path = {JobStatus.RUNNING: [JobStatus.RUNNING], JobStatus.CANCELING: [JobStatus.RUNNING, JobStatus.CANCELING]}
         for step in path.get(status, []):
-            assert jobs.transition(session, row, step, values={"pid": pid})
+            assert jobs.transition(session, row, step, values={"backend_handle": local_handle(pid)})
         return row.id
 
 
@@ -135,8 +160,10 @@ def test_transition_from_a_stale_status_is_a_no_op_and_shows_the_winner(ctx):
         stale = stale_session.get(Job, job_id)
         with ctx.db.session() as other:
             assert jobs.transition(other, other.get(Job, job_id), JobStatus.CANCELED, "Canceled by the user.")
-        assert not jobs.transition(stale_session, stale, JobStatus.RUNNING, "Running.", values={"pid": 123})
-        assert stale.status == "Canceled" and stale.pid is None  # refreshed: the loser sees who won
+        assert not jobs.transition(
+            stale_session, stale, JobStatus.RUNNING, "Running.", values={"backend_handle": local_handle(123)}
+        )
+        assert stale.status == "Canceled" and stale.backend_handle is None  # refreshed: the loser sees who won
     row = status_of(ctx, job_id)
     assert row.status == "Canceled" and row.result["detailed_status"]["message"] == "Canceled by the user."
 
@@ -167,8 +194,8 @@ def test_cancel_committed_after_the_scheduler_read_starts_no_process(ctx, worker
         stale = stale_session.get(Job, job_id)  # the scheduler read it Pending...
         message, to_kill = cancel(ctx, job_id)  # ...then a cancel committed
         assert to_kill == [] and message == f"Pending job {job_id} cancelled"
-        assert runner._spawn(stale_session, stale) is False
-    assert started == [] and runner._procs == {} and find_workers(job_id) == []
+        assert runner._submit(stale_session, stale) is False
+    assert started == [] and runner._running == {} and find_workers(job_id) == []
     assert status_of(ctx, job_id).status == "Canceled"
 
 
@@ -195,7 +222,7 @@ def test_cancel_between_the_schedulers_read_and_write_through_the_real_schedule(
     resume.set()
     scheduler.join(30)
     assert not scheduler.is_alive()
-    assert started == [] and runner._procs == {} and find_workers(job_id) == []
+    assert started == [] and runner._running == {} and find_workers(job_id) == []
     assert status_of(ctx, job_id).status == "Canceled"
 
 
@@ -205,8 +232,8 @@ def test_cancel_with_a_stale_pending_row_after_the_start_kills_the_process(ctx, 
     with ctx.db.session() as stale_session:
         stale = stale_session.get(Job, job_id)  # the cancel read it Pending...
         runner._schedule()  # ...then the runner started it
-        pid = runner._procs[job_id].pid  # type: ignore[union-attr]
-        assert status_of(ctx, job_id).pid == pid
+        pid = proc_of(runner, job_id).pid
+        assert pid_of(status_of(ctx, job_id)) == pid
         message, to_kill = begin_cancel(stale_session, stale)
     assert to_kill == [job_id] and message == f"Running job {job_id} cancelled"
     asyncio.run(runner.cancel(job_id))
@@ -219,16 +246,16 @@ def test_cancel_while_the_process_starts_kills_it_once_started(ctx, workers):
     runner = runner_with_fakes(ctx, workers)
     job_id = add_job(ctx)
     canceled: list[list[str]] = []
-    start_fake = runner._popen
+    start_fake = runner.backend._popen  # type: ignore[attr-defined]
 
-    def popen_after_a_cancel(row: Job) -> subprocess.Popen:
-        canceled.append(cancel(ctx, row.id)[1])
-        return start_fake(row)
+    def popen_after_a_cancel(job_id: str, directory: Path) -> subprocess.Popen:
+        canceled.append(cancel(ctx, job_id)[1])
+        return start_fake(job_id, directory)
 
-    runner._popen = popen_after_a_cancel  # type: ignore[method-assign]
+    runner.backend._popen = popen_after_a_cancel  # type: ignore[attr-defined]
     runner._schedule()
     assert canceled == [[job_id]]
-    proc = runner._procs[job_id]
+    proc = proc_of(runner, job_id)
     assert proc is not None and status_of(ctx, job_id).status == "Canceling"
     assert status_of(ctx, job_id).result["detailed_status"]["message"] == "Canceling."  # not "Running."
     runner._check_running()  # the runner's own look kills it, even before the cancel's kill comes
@@ -238,12 +265,12 @@ def test_cancel_while_the_process_starts_kills_it_once_started(ctx, workers):
 
 
 def test_a_process_that_cannot_start_makes_an_error(ctx):
-    runner = LocalRunner(ctx, max_parallel=1)
+    runner = scheduler(ctx)
 
-    def broken(row: Job) -> subprocess.Popen:
+    def broken(job_id: str, directory: Path) -> subprocess.Popen:
         raise OSError("no such interpreter")
 
-    runner._popen = broken  # type: ignore[method-assign]
+    runner.backend._popen = broken  # type: ignore[attr-defined]
     job_id = add_job(ctx)
     runner._schedule()
     row = status_of(ctx, job_id)
@@ -251,7 +278,7 @@ def test_a_process_that_cannot_start_makes_an_error(ctx):
         row.status == "Error"
         and "could not be started: no such interpreter" in row.result["detailed_status"]["message"]
     )
-    assert runner._procs == {}
+    assert runner._running == {}
 
 
 # ----------------------------------------------------------------- cancel vs end
@@ -261,7 +288,7 @@ def test_cancel_committed_between_the_end_check_read_and_write_ends_canceled(ctx
     runner = runner_with_fakes(ctx, workers)
     job_id = add_job(ctx)
     runner._schedule()
-    workers.finish(job_id, runner._procs[job_id])  # type: ignore[arg-type]
+    workers.finish(job_id, proc_of(runner, job_id))
     real_read = files.read_json
     to_kill: list[str] = []
 
@@ -284,7 +311,7 @@ def test_end_committed_before_a_cancel_with_a_stale_row_stays_done(ctx, workers)
     runner = runner_with_fakes(ctx, workers)
     job_id = add_job(ctx)
     runner._schedule()
-    workers.finish(job_id, runner._procs[job_id])  # type: ignore[arg-type]
+    workers.finish(job_id, proc_of(runner, job_id))
     with ctx.db.session() as stale_session:
         stale = stale_session.get(Job, job_id)  # the cancel read it Running...
         assert stale.status == "Running"
@@ -303,9 +330,11 @@ def test_restart_running_job_whose_outcome_says_done_becomes_done_with_its_resul
     job_id = add_job(ctx)
     proc = workers.start(job_id)
     with ctx.db.session() as session:
-        jobs.transition(session, session.get(Job, job_id), JobStatus.RUNNING, values={"pid": proc.pid})
+        jobs.transition(
+            session, session.get(Job, job_id), JobStatus.RUNNING, values={"backend_handle": local_handle(proc.pid)}
+        )
     workers.finish(job_id, proc)  # it finished while the server was down
-    LocalRunner(ctx, max_parallel=1)._reap_or_adopt()
+    scheduler(ctx)._reap_or_adopt()
     row = status_of(ctx, job_id)
     assert row.status == "Done", row.result
     assert row.result["key_metric"] == 0.75 and row.result["detailed_status"]["message"] == "Done."
@@ -313,7 +342,7 @@ def test_restart_running_job_whose_outcome_says_done_becomes_done_with_its_resul
 
 def test_restart_canceling_job_whose_process_is_gone_becomes_canceled(ctx):
     job_id = add_job(ctx, JobStatus.CANCELING, pid=2**22 + 7)  # no such worker
-    LocalRunner(ctx, max_parallel=1)._reap_or_adopt()
+    scheduler(ctx)._reap_or_adopt()
     row = status_of(ctx, job_id)
     assert row.status == "Canceled" and row.result["detailed_status"]["message"] == "Canceled by the user."
 
@@ -321,7 +350,7 @@ def test_restart_canceling_job_whose_process_is_gone_becomes_canceled(ctx):
 def test_restart_running_job_without_process_or_outcome_is_an_error_saying_so(ctx):
     recorded = add_job(ctx, JobStatus.RUNNING, pid=2**22 + 7)
     starting = add_job(ctx, JobStatus.RUNNING)  # intent committed, the server died before the process started
-    LocalRunner(ctx, max_parallel=1)._reap_or_adopt()
+    scheduler(ctx)._reap_or_adopt()
     first, second = status_of(ctx, recorded), status_of(ctx, starting)
     assert first.status == second.status == "Error"
     assert "process is gone (the server or the machine restarted" in first.result["detailed_status"]["message"]
@@ -339,7 +368,7 @@ def test_restart_adopts_an_orphan_worker_whose_pid_was_never_recorded(ctx, worke
     runner._schedule()
     assert started == []  # not started a second time
     assert find_workers(job_id) == [orphan.pid]
-    assert status_of(ctx, job_id).pid == orphan.pid and status_of(ctx, job_id).status == "Running"
+    assert pid_of(status_of(ctx, job_id)) == orphan.pid and status_of(ctx, job_id).status == "Running"
     assert runner._check_running() == []  # watched by its pid: still alive
     workers.finish(job_id, orphan)
     assert runner._check_running() == [job_id]
@@ -379,7 +408,8 @@ def _ok(resp: httpx.Response) -> object:
 
 def _db_status(data_dir: Path, job_id: str) -> tuple[str, int | None]:
     with sqlite3.connect(data_dir / "medcloud.db") as db:
-        return db.execute("SELECT status, pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        status, handle = db.execute("SELECT status, backend_handle FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return status, (json.loads(handle) or {}).get("pid") if handle else None
 
 
 def test_server_killed_at_each_job_phase_loses_nothing(tmp_path, local_dataset, demo_zips):

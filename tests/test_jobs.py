@@ -106,7 +106,7 @@ def test_cancel_kills_the_whole_process_tree(api, local_dataset, demo_zips):
     exp = seg_experiment(api, local_dataset, demo_zips)
     job_id = start(api, exp, {"epochs": 500})
     wait_status(api, exp, job_id, {"Running"})
-    pid = wait_for(lambda: api.ctx.runner._procs.get(job_id) and api.ctx.runner._procs[job_id].pid)
+    pid = wait_for(lambda: api.ctx.jobs._procs.get(job_id) and api.ctx.jobs._procs[job_id].pid)
     refused = api.delete(f"experiments/{exp['id']}/jobs/{job_id}")
     assert refused.status_code == 400
     assert api.delete(f"experiments/{exp['id']}").json()["error_desc"] == "Experiment in use"
@@ -121,7 +121,7 @@ def test_killed_worker_becomes_error_with_a_message(api, local_dataset, demo_zip
     exp = seg_experiment(api, local_dataset, demo_zips)
     job_id = start(api, exp, {"epochs": 500})
     wait_status(api, exp, job_id, {"Running"})
-    pid = wait_for(lambda: api.ctx.runner._procs.get(job_id) and api.ctx.runner._procs[job_id].pid)
+    pid = wait_for(lambda: api.ctx.jobs._procs.get(job_id) and api.ctx.jobs._procs[job_id].pid)
     os.kill(pid, signal.SIGKILL)
     failed = wait_status(api, exp, job_id, {"Error"})
     assert "died" in failed["result"]["detailed_status"]["message"]
@@ -149,9 +149,10 @@ def test_restart_turns_orphaned_running_jobs_into_errors(tmp_path, local_dataset
         exp = seg_experiment(api, local_dataset, demo_zips)
         job_id = start(api, exp, {"epochs": 500})
         wait_status(api, exp, job_id, {"Running"})
-        pid = api.ctx.runner._procs[job_id].pid
+        pid = wait_for(lambda: api.ctx.jobs._procs.get(job_id) and api.ctx.jobs._procs[job_id].pid)
         os.killpg(pid, signal.SIGKILL)  # the machine "restarts": the worker dies with the server
-        api.ctx.runner._procs.clear()
+        api.ctx.runner._running.clear()  # nor its scheduler
+        api.ctx.jobs._procs.clear()
         with api.ctx.db.session() as session:  # as if the server died before noticing
             assert session.get(Job, job_id).status == "Running"
     with make_api(data_dir) as api:

@@ -152,9 +152,9 @@ def test_each_experiment_gets_its_own_uid_and_private_folders(tmp_path):
 
 def test_staged_inputs_survive_cache_eviction(tmp_path, local_dataset, demo_zips):
     """Finding 14: a job's inputs are links in its own folder, so the cache may evict its copies mid-run."""
-    from medcloud.experiments.orm import Experiment
     from medcloud.jobs.orm import Job
-    from medcloud.learning.staging import stage_job
+    from medcloud.learning.staging import WorkerContext, stage_job
+    from medcloud.learning.tickets import build_ticket
 
     with make_api(tmp_path / "data", bundle_allow_local_paths=True) as api:
         dataset_id = create_dataset(api, local_dataset)
@@ -167,10 +167,11 @@ def test_staged_inputs_survive_cache_eviction(tmp_path, local_dataset, demo_zips
         }
         resp = api.post("experiments", json=body)
         assert resp.status_code == 201, resp.text
+        job = Job(id="staging-test", action="train", specs={}, experiment_id=resp.json()["id"], org="acme", user_id="alice")
+        job_dir = tmp_path / "data" / "jobs" / "staging-test"
         with api.ctx.db.session() as session:
-            experiment = session.get(Experiment, resp.json()["id"])
-        job = Job(id="staging-test", action="train", specs={}, experiment_id=experiment.id, org="acme", user_id="alice")
-        spec = stage_job(api.ctx, job=job, experiment=experiment, job_dir=tmp_path / "data" / "jobs" / "staging-test")
+            ticket = build_ticket(api.ctx, session, job, job_dir_of=api.ctx.jobs.job_dir, cache_dir=api.ctx.cache.root)
+        spec = stage_job(WorkerContext.from_ticket(ticket, job_dir), ticket, job_dir)
         before = {item["image"]: Path(item["image"]).read_bytes() for item in spec.train_items + spec.val_items}
         assert before and all(Path(p).is_relative_to(tmp_path / "data" / "jobs") for p in before)
         api.ctx.cache.drop_dataset(dataset_id)

@@ -241,6 +241,7 @@ def test_label_of_a_labeled_image_and_404_without_one(vapi, dataset_root, datase
 def test_saving_a_label_adds_then_updates_it(vapi, dataset_root, dataset_id, experiment):
     from medcloud.datasets import service
     from medcloud.learning.datalist import labeled_items
+    from medcloud.learning.tickets import dataset_input
 
     before = manifest(dataset_root)
     affine = nib.load(str(dataset_root / "imagesTr/big_ct.nii.gz")).affine
@@ -291,7 +292,8 @@ def test_saving_a_label_adds_then_updates_it(vapi, dataset_root, dataset_id, exp
     # Training sees the new label.
     with vapi.ctx.db.session() as session:
         row = service.get_row(session, org="acme", user_id=_user_id(vapi, "alice"), dataset_id=dataset_id)
-    items = {item["image_id"]: item for item in labeled_items(vapi.ctx, row, LABELS)}
+        dataset = dataset_input(vapi.ctx, session, row.id, with_notified=True)
+    items = {item["image_id"]: item for item in labeled_items(vapi.ctx, dataset, LABELS)}
     assert items["big-ct"]["label_id"] == label_id
     assert np.array_equal(np.asarray(nib.load(items["big-ct"]["label"]).dataobj), second)
 
@@ -525,6 +527,7 @@ def test_dicomweb_volume_label_and_saving_a_seg(vapi, pacs):
     from medcloud.imaging.seg import seg_to_labels
     from medcloud.imaging.series import read_series
     from medcloud.learning.dicom_labels import dicomweb_items
+    from medcloud.learning.tickets import dataset_input
 
     orthanc, series, dataset, experiment = pacs
     base = f"datasets/{dataset}/images/{series.uid}"
@@ -567,8 +570,9 @@ def test_dicomweb_volume_label_and_saving_a_seg(vapi, pacs):
     assert notifications(vapi, dataset) == [("added", series.uid, answer["label"]), ("updated", series.uid, newest)]
     with vapi.ctx.db.session() as session:
         row = service.get_row(session, org="acme", user_id=_user_id(vapi, "alice"), dataset_id=dataset)
+        given = dataset_input(vapi.ctx, session, row.id, with_notified=True)
     source = service.source_of(row, vapi.ctx.box)
-    items = dicomweb_items(vapi.ctx, row, source, LABELS)
+    items = dicomweb_items(vapi.ctx, given, source, LABELS)
     assert [item["label_id"] for item in items] == [newest]
     assert np.array_equal(np.asarray(nib.load(items[0]["label"]).dataobj), second)
     nothing = vapi.post(f"datasets/{dataset}/jobs", json={"action": "nextimage"})

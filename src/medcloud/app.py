@@ -19,7 +19,7 @@ from medcloud.datasets.router import LABEL_PATH
 from medcloud.datasets.router import router as datasets_router
 from medcloud.experiments.router import router as experiments_router
 from medcloud.jobs.router import router as jobs_router
-from medcloud.jobs.runner import LocalRunner
+from medcloud.jobs.runner import Scheduler
 from medcloud.leader import Role
 from medcloud.learning.hub import LearningHub
 from medcloud.workspaces.router import router as workspaces_router
@@ -67,7 +67,7 @@ def create_app(
 
         async def start_duties() -> None:  # the leader's: the job scheduler and the annotation controllers
             ctx.hub = LearningHub(ctx)
-            ctx.runner = LocalRunner(ctx, max_parallel=_max_train_jobs(ctx), on_ended=ctx.hub.job_ended)
+            ctx.runner = Scheduler(ctx, ctx.jobs, max_parallel=_max_train_jobs(ctx), on_ended=ctx.hub.job_ended)
             await ctx.runner.start()
             await ctx.hub.start()
 

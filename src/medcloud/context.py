@@ -12,8 +12,8 @@ from medcloud.pools import Pools
 from medcloud.secrets import SecretBox, derive_key, load_master_secret
 
 if TYPE_CHECKING:
-    from medcloud.inference.hosts import HostManager
-    from medcloud.jobs.runner import LocalRunner
+    from medcloud.execution.base import HostBackend, JobBackend
+    from medcloud.jobs.runner import Scheduler
     from medcloud.learning.hub import LearningHub
     from medcloud.sandbox import Sandbox
     from medcloud.sources.cache import ImageCache
@@ -28,8 +28,9 @@ class Context:
     box: SecretBox
     signing_key: bytes
     cache: ImageCache
-    hosts: HostManager = field(default=None)  # type: ignore[assignment]  # set in build()
-    runner: LocalRunner | None = None  # started in the app lifespan
+    hosts: HostBackend = field(default=None)  # type: ignore[assignment]  # set in build(): execution/choose.py
+    jobs: JobBackend = field(default=None)  # type: ignore[assignment]  # set in build(): execution/choose.py
+    runner: Scheduler | None = None  # started in the app lifespan
     hub: LearningHub | None = None  # started in the app lifespan
     background: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="medcloud-bg")
@@ -49,7 +50,7 @@ class Context:
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
-        from medcloud.inference.hosts import HostManager
+        from medcloud.execution import choose
         from medcloud.sources.cache import ImageCache
 
         settings = settings.resolved()
@@ -61,7 +62,8 @@ class Context:
             box=SecretBox(master),
             signing_key=derive_key(master, "jwt"),
             cache=ImageCache(settings.data_dir / "cache", max_ttl_s=settings.image_cache_max_ttl_s),
-            hosts=HostManager(settings, executor=pools.executor("model")),
+            hosts=choose.host_backend(settings, executor=pools.executor("model")),
+            jobs=choose.job_backend(settings),
             pools=pools,
         )
 

@@ -181,19 +181,20 @@ def label_volume(ctx: Context, row: Dataset, image_id: str, labels: dict[str, st
         )
         label_id = entry.label_id
     else:
-        from medcloud.learning.dicom_labels import _labels_key, _latest_label
+        from medcloud.learning.dicom_labels import labels_key, latest_label, notified_labels
 
         segs = source.labels_of(image_id)
         if not segs:
             raise NotFound(f"Image {image_id} has no label yet: no DICOM SEG references the series.")
-        label_id = _latest_label(ctx, row.id, image_id, segs)
+        with ctx.db.session() as session:
+            label_id = latest_label(notified_labels(session, row.id, image_id), segs)
         labels = labels or {}
         dcm = [f for f in files if f.suffix == ".dcm"]
 
         def fetch(dest: Path) -> list[Path]:
             return [source.fetch_label(label_id, read_series(dcm), labels, dest)]
 
-        label_files = ctx.cache.get_or_fetch(row.id, f"label:{label_id}:{_labels_key(labels)}", fetch)
+        label_files = ctx.cache.get_or_fetch(row.id, f"label:{label_id}:{labels_key(labels)}", fetch)
     niftis = [f for f in label_files if f.name.lower().endswith((".nii", ".nii.gz"))]
     if not niftis:
         raise Invalid(f"The label {label_id} of image {image_id} is not a NIfTI file; it cannot be shown.")

@@ -12,6 +12,7 @@ Every method of `JobBackend` blocks (call it from a thread); `HostBackend` is as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -90,6 +91,7 @@ class JobBackend(Protocol):
     """Runs train and batch jobs (local processes, or Ray Jobs). Blocking methods: call from a thread."""
 
     name: str
+    on_exit: Callable[[], None] | None  # set by the scheduler: call it (any thread) when a job ends, if you can tell
 
     def submit(self, ticket: JobTicket) -> Handle:
         """Start the job; idempotent per job id (a second submit of the same job returns the same handle)."""

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 
+from medcloud.execution.kinds import EXPERIMENT_ACTIONS
 from medcloud.experiments.schemas import ExperimentOut, NetworkArch
 
 VISTA3D_NAME = "MONAI VISTA3d"
@@ -44,7 +45,7 @@ def base_experiments() -> tuple[ExperimentOut, ...]:
         bundle_url=None,
         workspace=None,
         model_params={"labels": labels},
-        actions=["train", "inference", "annotation", "batchinfer"],
+        actions=list(EXPERIMENT_ACTIONS),
         public=True,
         created_on=_EPOCH,
         last_modified=_EPOCH,

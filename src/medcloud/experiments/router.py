@@ -218,7 +218,7 @@ async def delete_experiment(experiment_id: str, caller: CallerDep, ctx: CtxDep) 
             return out.model_dump(mode="json"), job_ids
 
     def remove(job_ids: list[str]) -> None:
-        for folder in service.folders_of(ctx.settings.data_dir, eid, job_ids):
+        for folder in service.folders_of(ctx.settings.data_dir, eid, job_ids, ctx.jobs.job_dir):
             shutil.rmtree(folder, ignore_errors=True)
 
     try:

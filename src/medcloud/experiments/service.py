@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from medcloud.datasets.orm import Dataset
 from medcloud.db import get_owned
 from medcloud.egress import redact_url
 from medcloud.errors import Conflict, Invalid
+from medcloud.execution.kinds import EXPERIMENT_ACTIONS
 from medcloud.experiments import catalogue
 from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import (
@@ -25,8 +26,6 @@ from medcloud.experiments.schemas import (
     NetworkArch,
 )
 from medcloud.workspaces.orm import Workspace
-
-CUSTOM_ACTIONS = ["train", "inference", "annotation", "batchinfer"]
 
 
 def job_ids(session: Session, experiment_id: str) -> list[str]:
@@ -53,7 +52,7 @@ def to_out(row: Experiment, jobs: list[str] | None = None) -> ExperimentOut:
         bundle_url=redact_url(row.bundle_url) if row.bundle_url else None,  # rows stored before redaction too
         workspace=row.workspace,
         model_params=dict(row.model_params),
-        actions=CUSTOM_ACTIONS,
+        actions=list(EXPERIMENT_ACTIONS),
         jobs=jobs or [],
         created_on=row.created_on,
         last_modified=row.last_modified,
@@ -180,10 +179,12 @@ def delete_row(session: Session, *, row: Experiment, busy_jobs: int = 0) -> tupl
     return out, ids
 
 
-def folders_of(data_dir: Path, experiment_id: str, jobs: list[str]) -> list[Path]:
-    """What the experiment left on disk: its bundle folder, its model host's folder, its jobs' folders."""
+def folders_of(data_dir: Path, experiment_id: str, jobs: list[str], job_dir: Callable[[str], Path]) -> list[Path]:
+    """What the experiment left on disk: its bundle folder, its model host's folder, its jobs' folders
+    (`job_dir`: the job backend's folder of a job; annotation jobs keep theirs in the data folder)."""
     return [
         data_dir / "experiments" / experiment_id,
         data_dir / "hosts" / experiment_id,
         *(data_dir / "jobs" / job_id for job_id in jobs),
+        *(job_dir(job_id) for job_id in jobs),
     ]

@@ -16,7 +16,10 @@ from medcloud.api import openapi
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.streaming import chunks
 from medcloud.confined import open_regular
+from medcloud.context import Context
 from medcloud.errors import Invalid
+from medcloud.execution.base import Handle
+from medcloud.execution.kinds import BACKEND_ACTIONS
 from medcloud.experiments import service as experiments
 from medcloud.jobs import files, service
 from medcloud.jobs.schemas import JobOut
@@ -61,6 +64,11 @@ async def cancel_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: Ct
     return {"message": message}
 
 
+def job_folder(ctx: Context, action: str, job_id: str) -> Path:
+    """A job's folder on the API machine: the job backend's for jobs it runs, the data folder's otherwise."""
+    return ctx.jobs.job_dir(job_id) if action in BACKEND_ACTIONS else files.job_dir(ctx.settings.data_dir, job_id)
+
+
 def _pack(directory: Path, job_id: str, data_dir: Path) -> IO[bytes]:
     """The job's results and log as a .tar.gz in an unnamed temporary file (rewound): on disk, not in memory."""
     # In the data dir: private, and on the disk of the results. Closed by the response stream.
@@ -85,12 +93,13 @@ def _pack(directory: Path, job_id: str, data_dir: Path) -> IO[bytes]:
 async def download_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> StreamingResponse:
     eid, jid = _ids(experiment_id, job_id)
 
-    def check() -> None:
+    def folder() -> Path:
         with ctx.db.session() as session:
-            service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
+            row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
+            return job_folder(ctx, row.action, jid)
 
-    await ctx.pools.run("db", check)
-    packed = await ctx.pools.run("files", _pack, files.job_dir(ctx.settings.data_dir, jid), jid, ctx.settings.data_dir)
+    directory = await ctx.pools.run("db", folder)
+    packed = await ctx.pools.run("files", _pack, directory, jid, ctx.settings.data_dir)
     size = os.fstat(packed.fileno()).st_size
     return StreamingResponse(
         chunks(ctx.pools, packed.read, close=packed.close),
@@ -117,14 +126,24 @@ def _open_log(directory: Path) -> io.TextIOWrapper:
 async def job_logs(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> StreamingResponse:
     eid, jid = _ids(experiment_id, job_id)
 
-    def status() -> str:
+    def status() -> tuple[str, str, Handle | None]:
         with ctx.db.session() as session:
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
-            return row.status
+            return row.status, row.action, Handle.from_json(row.backend_handle)
 
-    if await ctx.pools.run("db", status) == JobStatus.PENDING:
+    status_now, action, handle = await ctx.pools.run("db", status)
+    if status_now == JobStatus.PENDING:
         raise Invalid(LOGS_NOT_YET)
-    log = await ctx.pools.run("files", _open_log, files.job_dir(ctx.settings.data_dir, jid))
+
+    def log_folder() -> Path:
+        if action in BACKEND_ACTIONS:
+            path = ctx.jobs.logs(jid, handle)  # a cluster's log is copied to the API machine first
+            if path is None:
+                raise Invalid(LOGS_NOT_YET)
+            return path.parent
+        return files.job_dir(ctx.settings.data_dir, jid)
+
+    log = await ctx.pools.run("files", lambda: _open_log(log_folder()))
 
     def read(size: int) -> bytes:
         return log.read(size).encode()  # `size` characters: at most 4 bytes each

@@ -27,7 +27,7 @@ class DatasetInput:
     client_url: str
     client_id: str | None = None
     client_secret: str | None = None
-    filters: dict[str, Any] = field(default_factory=dict)
+    filters: str | None = None
     # DICOMweb: per image, the SEG series notified for it, newest first (the worker has no notifications table)
     notified_labels: dict[str, list[str]] = field(default_factory=dict)
 
@@ -56,7 +56,8 @@ class JobTicket:
     inference: DatasetInput | None = None
     weights: str | None = None  # batch inference with a train job's checkpoint, as the worker's node sees it
     results: ResultsTarget | None = None
-    settings: dict[str, str] = field(default_factory=dict)  # MEDCLOUD_* variables the worker runs with
+    cache_dir: str = ""  # where the worker keeps fetched images (this machine: the server's image cache)
+    settings: dict[str, Any] = field(default_factory=dict)  # the `Settings` fields a worker needs, nothing more
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

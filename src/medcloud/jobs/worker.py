@@ -1,11 +1,12 @@
-"""The job process: `python -m medcloud.jobs.worker --job-id ID` runs one train or batchinfer job.
+"""The job process: `python -m medcloud.jobs.worker --job-id ID --ticket DIR/ticket.json` runs one train or batch job.
 
-It is medcloud's own code and trusted: it reads its job, experiment and datasets from the database
-(never writes them), stages the inputs into the job folder (`learning/staging.py`), then runs the
-bundle's code in a separate model process inside the experiment's sandbox (`jobs/model_run.py`: a
-scrubbed environment, its own uid on a root server), uploads `results/` to the experiment's workspace,
-and reports through `progress.json` (written by the model process) and finally `outcome.json`, which
-the runner turns into a status.
+It is medcloud's own code and trusted, and knows only its ticket (`jobs/ticket.py`): never the
+server's database, master key or data folder, so it runs the same on this machine (local backend) or
+on a Ray node. It stages the inputs into the job folder (`learning/staging.py`), runs the bundle's code
+in a separate model process inside the experiment's sandbox (`jobs/model_run.py`: a scrubbed
+environment, its own uid on a root server), uploads `results/` to the workspace, and reports through
+its job folder: `progress.json` (written by the model process) while it runs, `outcome.json` at the end.
+The job backend reads those for the scheduler, the only writer of job status.
 """
 
 from __future__ import annotations
@@ -17,17 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medcloud.config import Settings
-from medcloud.context import Context
-from medcloud.experiments.orm import Experiment
 from medcloud.jobs import files
-from medcloud.jobs.orm import Job
 from medcloud.jobs.spec import MODEL_RESULT, SPEC
+from medcloud.jobs.ticket import JobTicket
 
 log = logging.getLogger("medcloud.worker")
 
 
-def run_model_process(ctx: Context, *, experiment_id: str, job_dir: Path) -> dict[str, Any]:
+def run_model_process(ctx: Any, *, experiment_id: str, job_dir: Path) -> dict[str, Any]:
     """Run `medcloud.jobs.model_run` in the experiment's sandbox; its outcome, or an Error one."""
     (job_dir / MODEL_RESULT).unlink(missing_ok=True)
     process = ctx.sandbox.popen_kwargs(experiment_id=experiment_id, home=job_dir)
@@ -44,12 +42,12 @@ def run_model_process(ctx: Context, *, experiment_id: str, job_dir: Path) -> dic
     return outcome
 
 
-def run_job(ctx: Context, job: Job, experiment: Experiment, job_dir: Path) -> dict[str, Any]:
+def run_job(ctx: Any, ticket: JobTicket, job_dir: Path) -> dict[str, Any]:
     from medcloud.learning.staging import stage_job
 
-    spec = stage_job(ctx, job=job, experiment=experiment, job_dir=job_dir)
+    spec = stage_job(ctx, ticket, job_dir)
     spec.write(job_dir / SPEC)
-    outcome = run_model_process(ctx, experiment_id=experiment.id, job_dir=job_dir)
+    outcome = run_model_process(ctx, experiment_id=ticket.experiment_id, job_dir=job_dir)
     if outcome.get("status") == "Done":
         return {"status": "Done", "message": "Done.", "result": outcome.get("result") or {}}
     return {"status": "Error", "message": outcome.get("message") or "The job failed."}
@@ -58,24 +56,25 @@ def run_job(ctx: Context, job: Job, experiment: Experiment, job_dir: Path) -> di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--job-id", required=True)
+    parser.add_argument("--ticket", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     log.info("Job %s: worker started", args.job_id)
-    ctx = Context.build(Settings())
-    directory = files.job_dir(ctx.settings.data_dir, args.job_id)
-    with ctx.db.session() as session:
-        job = session.get(Job, args.job_id)
-        experiment = session.get(Experiment, job.experiment_id) if job else None
-    if job is None or experiment is None:
-        files.write_json(
-            directory / files.OUTCOME, {"status": "Error", "message": "The job or its experiment is gone."}
-        )
-        return 1
-    outcome = files.outcome_of(lambda: run_job(ctx, job, experiment, directory), log)
+    directory = args.ticket.parent
     try:
-        from medcloud.learning.upload import upload_results
+        ticket = JobTicket.read(args.ticket)
+        if ticket.job_id != args.job_id:
+            raise ValueError(f"the ticket is for job {ticket.job_id}")
+    except (OSError, ValueError, TypeError) as exc:
+        files.write_json(directory / files.OUTCOME, {"status": "Error", "message": f"The job's ticket is unreadable: {exc}"})
+        return 1
+    from medcloud.learning.staging import WorkerContext
+    from medcloud.learning.upload import upload_results
 
-        upload_results(ctx, job=job, experiment=experiment, job_dir=directory)
+    ctx = WorkerContext.from_ticket(ticket, directory)
+    outcome = files.outcome_of(lambda: run_job(ctx, ticket, directory), log)
+    try:
+        upload_results(ctx.settings, job_id=ticket.job_id, target=ticket.results, job_dir=directory)
     except Exception as exc:
         log.error("Uploading the results failed: %s", exc)
         outcome = {"status": "Error", "message": f"Training finished but uploading the results failed: {exc}"}

@@ -179,7 +179,7 @@ class AnnotationController:
             state["best_key_metric"] = state["key_metric"] = metric
             # The weights change only if training beat the model it started from (not the epoch-0 check).
             if train.result.get("epoch") not in (0, -1):
-                path = files.job_dir(self.ctx.settings.data_dir, train.id) / files.RESULTS / "models" / "model.pt"
+                path = self.ctx.jobs.job_dir(train.id) / files.RESULTS / "models" / "model.pt"
                 swap = path if path.exists() else None
         message = f"Round {state['round']} finished ({train.status}, key_metric {metric})."
         state["detailed_status"] = {"message": message}

@@ -1,45 +1,62 @@
-"""Data lists for training: every labeled image of a dataset as local `{"image", "label"}` files."""
+"""Data lists for training: every labeled image of a dataset as local `{"image", "label"}` files.
+
+Runs in the job's worker, from the ticket's `DatasetInput` (the dataset's address and its own
+credentials); `ctx` is anything with an image `cache` (the worker's `WorkerContext`, or the server's).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from medcloud.context import Context
 from medcloud.datasets import actions as dataset_actions
 from medcloud.datasets import service as datasets
-from medcloud.datasets.orm import Dataset
 from medcloud.errors import Invalid
+from medcloud.jobs.ticket import DatasetInput
+from medcloud.sources.base import DataSource
 from medcloud.sources.objectstore import ObjectStoreSource
 
 
-def _objectstore_items(ctx: Context, dataset: Dataset, source: ObjectStoreSource) -> list[dict[str, Any]]:
+def open_input(dataset: DatasetInput) -> DataSource:
+    """Connect to the dataset the ticket names (blocking)."""
+    _kind, source = datasets.open_source(
+        client_url=dataset.client_url,
+        client_id=dataset.client_id,
+        client_secret=dataset.client_secret,
+        filters=dataset.filters,
+        verify=False,
+        cache_key=dataset.dataset_id,
+    )
+    return source
+
+
+def _objectstore_items(ctx: Any, dataset: DatasetInput, source: ObjectStoreSource) -> list[dict[str, Any]]:
     items = []
     for image in source.images():
         if image.label_id is None:
             continue
-        files = dataset_actions.fetch_cached(ctx, dataset_id=dataset.id, image_id=image.id, source=source)
+        files = dataset_actions.fetch_cached(ctx, dataset_id=dataset.dataset_id, image_id=image.id, source=source)
         label = ctx.cache.get_or_fetch(
-            dataset.id, f"label:{image.label_id}", lambda dest, i=image.id: source.fetch_label(i, dest)
+            dataset.dataset_id, f"label:{image.label_id}", lambda dest, i=image.id: source.fetch_label(i, dest)
         )
         items.append({"image": str(files[0]), "label": str(label[0]), "image_id": image.id, "label_id": image.label_id})
     return items
 
 
-def labeled_items(ctx: Context, dataset: Dataset, labels: dict[str, str]) -> list[dict[str, Any]]:
+def labeled_items(ctx: Any, dataset: DatasetInput, labels: dict[str, str]) -> list[dict[str, Any]]:
     """Fetch (through the cache) each labeled image and its label; labels become volumes on the image grid."""
-    source = datasets.source_of(dataset, ctx.box)
+    source = open_input(dataset)
     if isinstance(source, ObjectStoreSource):
         return _objectstore_items(ctx, dataset, source)
     from medcloud.learning.dicom_labels import dicomweb_items
 
-    return dicomweb_items(ctx, dataset, source, labels)
+    return dicomweb_items(ctx, dataset, source, labels)  # type: ignore[arg-type]
 
 
 def train_and_validation(
-    ctx: Context, *, train: Dataset, validation: Dataset | None, labels: dict[str, str]
+    ctx: Any, *, train: DatasetInput, validation: DatasetInput | None, labels: dict[str, str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     train_items = labeled_items(ctx, train, labels)
     if not train_items:
-        raise Invalid(f"Dataset {train.id} has no labeled images to train on.")
+        raise Invalid(f"Dataset {train.dataset_id} has no labeled images to train on.")
     val_items = labeled_items(ctx, validation, labels) if validation is not None else []
     return train_items, val_items

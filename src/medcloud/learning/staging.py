@@ -1,8 +1,9 @@
-"""The trusted half of a job: gather what its model process needs into the job folder, as a `JobSpec`.
+"""The worker's half of a job: gather what its model process needs into the job folder, as a `JobSpec`.
 
-Runs in the worker (medcloud's code only, with the database and the stored credentials): it resolves
-data lists and images through the image cache, links them into `<job>/inputs/` (so the cache may evict
-its copies mid-run without harm, finding 14), and hands the folder to the experiment's sandbox identity.
+Runs in the worker, from the ticket alone (no database): it reads the datasets the ticket names with
+their own credentials, fetches images through the worker's image cache, links them into
+`<job>/inputs/` (so the cache may evict its copies mid-run without harm, finding 14), and hands the
+folder to the experiment's sandbox identity.
 """
 
 from __future__ import annotations
@@ -12,23 +13,41 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medcloud.context import Context
+from medcloud.config import Settings
 from medcloud.datasets import actions as dataset_actions
-from medcloud.datasets import service as datasets
-from medcloud.datasets.orm import Dataset
 from medcloud.errors import Invalid
-from medcloud.experiments.orm import Experiment
-from medcloud.experiments.realtime import host_spec
-from medcloud.jobs import files
-from medcloud.jobs.orm import Job
 from medcloud.jobs.spec import JobSpec
-from medcloud.learning.datalist import train_and_validation
+from medcloud.jobs.ticket import JobTicket
+from medcloud.learning.datalist import open_input, train_and_validation
+from medcloud.sandbox import Sandbox, sandbox_for
+from medcloud.sources.cache import ImageCache
 
 log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class WorkerContext:
+    """What a worker has instead of the server's `Context`: its settings, an image cache, the sandbox."""
+
+    settings: Settings
+    cache: ImageCache
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return sandbox_for(self.settings)
+
+    @classmethod
+    def from_ticket(cls, ticket: JobTicket, job_dir: Path) -> WorkerContext:
+        # data_dir: the folder holding `jobs/` (the server's data folder, or the Ray shared folder); the
+        # worker opens only its job folder and the image cache in it, never the database or the master key.
+        settings = Settings(data_dir=job_dir.parent.parent, **ticket.settings)
+        cache_dir = Path(ticket.cache_dir) if ticket.cache_dir else job_dir.parent.parent / "cache"
+        return cls(settings=settings, cache=ImageCache(cache_dir))
 
 
 def folder_name(image_id: str) -> str:
@@ -39,10 +58,10 @@ def folder_name(image_id: str) -> str:
 
 
 class Stager:
-    """Links server files into one job's `inputs/` folder under stable, harmless names."""
+    """Links fetched files into one job's `inputs/` folder under stable, harmless names."""
 
-    def __init__(self, ctx: Context, job: Job, experiment: Experiment, job_dir: Path) -> None:
-        self.ctx, self.experiment_id = ctx, experiment.id
+    def __init__(self, ctx: WorkerContext, experiment_id: str, job_dir: Path) -> None:
+        self.ctx, self.experiment_id = ctx, experiment_id
         self.inputs = job_dir / "inputs"
 
     def link(self, path: str | Path, *parts: str) -> str:
@@ -64,28 +83,15 @@ class Stager:
         return out
 
 
-def _train_items(ctx: Context, experiment: Experiment) -> tuple[list[dict], list[dict]]:
-    labels = (experiment.model_params or {}).get("labels") or {}
-    with ctx.db.session() as session:
-        train = session.get(Dataset, experiment.train_datasets[0]) if experiment.train_datasets else None
-        validation = session.get(Dataset, experiment.eval_dataset) if experiment.eval_dataset else None
-    if train is None:
-        raise Invalid("The experiment's train dataset is gone.")
-    return train_and_validation(ctx, train=train, validation=validation, labels=labels)
-
-
-def _batch_images(ctx: Context, experiment: Experiment, stager: Stager) -> tuple[list[dict], dict[str, str]]:
-    dataset_id = experiment.inference_dataset or (experiment.train_datasets or [None])[0]
-    with ctx.db.session() as session:
-        dataset = session.get(Dataset, dataset_id) if dataset_id else None
-    if dataset is None:
-        raise Invalid("The experiment has no inference_dataset to run on.")
-    source: Any = datasets.source_of(dataset, ctx.box)
+def _batch_images(ctx: WorkerContext, ticket: JobTicket, stager: Stager) -> tuple[list[dict], dict[str, str]]:
+    assert ticket.inference is not None
+    dataset_id = ticket.inference.dataset_id
+    source = open_input(ticket.inference)
     images, failed = [], {}
     for image_id in source.image_ids():
         name = folder_name(image_id)
         try:
-            local = dataset_actions.fetch_cached(ctx, dataset_id=dataset.id, image_id=image_id, source=source)
+            local = dataset_actions.fetch_cached(ctx, dataset_id=dataset_id, image_id=image_id, source=source)
         except Exception as exc:  # one unreadable image must not lose the others' results
             log.error("Image %s could not be fetched: %s", image_id, exc)
             failed[image_id] = f"{type(exc).__name__}: {exc}"[:500]
@@ -97,35 +103,26 @@ def _batch_images(ctx: Context, experiment: Experiment, stager: Stager) -> tuple
     return images, failed
 
 
-def _weights(ctx: Context, job: Job, stager: Stager) -> str | None:
-    train_job_id = job.specs.get("train_job_id")
-    if not train_job_id:
-        return None
-    with ctx.db.session() as session:
-        train = session.get(Job, str(train_job_id))
-        same_experiment = train is not None and train.experiment_id == job.experiment_id
-    path = files.job_dir(ctx.settings.data_dir, str(train_job_id)) / "results" / "models" / "model.pt"
-    if not same_experiment or not path.exists():
-        raise Invalid(f"Train job {train_job_id} has no checkpoint to run.")
-    return stager.link(path, "weights")
-
-
-def stage_job(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) -> JobSpec:
+def stage_job(ctx: WorkerContext, ticket: JobTicket, job_dir: Path) -> JobSpec:
     """Fetch and link the job's inputs and describe them; the job folder then belongs to the sandbox."""
     started = time.perf_counter()
-    stager = Stager(ctx, job, experiment, job_dir)
+    stager = Stager(ctx, ticket.experiment_id, job_dir)
     spec = JobSpec(
-        job_id=job.id,
-        action=job.action,
-        experiment_id=experiment.id,
-        network_arch=experiment.network_arch,
-        bundle_dir=experiment.bundle_dir,
-        specs=dict(job.specs),
-        labels=(experiment.model_params or {}).get("labels") or {},
-        host=vars(host_spec(experiment, ctx.settings)),
+        job_id=ticket.job_id,
+        action=ticket.action,
+        experiment_id=ticket.experiment_id,
+        network_arch=ticket.network_arch,
+        bundle_dir=ticket.bundle_dir,
+        specs=dict(ticket.specs),
+        labels=dict(ticket.labels),
+        host=dict(ticket.host),
     )
-    if job.action == "train":
-        train_items, val_items = _train_items(ctx, experiment)
+    if ticket.action == "train":
+        if ticket.train is None:
+            raise Invalid("The job names no train dataset.")
+        train_items, val_items = train_and_validation(
+            ctx, train=ticket.train, validation=ticket.validation, labels=ticket.labels
+        )
         spec.train_items, spec.val_items = stager.items(train_items, "train"), stager.items(val_items, "validation")
         log.info(
             "Data lists ready in %.1f s: %d training, %d validation images",
@@ -133,9 +130,10 @@ def stage_job(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) 
             len(train_items),
             len(val_items),
         )
-    elif job.action == "batchinfer":
-        spec.images, spec.failed = _batch_images(ctx, experiment, stager)
-        spec.weights = _weights(ctx, job, stager)
+    elif ticket.action == "batchinfer":
+        spec.images, spec.failed = _batch_images(ctx, ticket, stager)
+        if ticket.weights:
+            spec.weights = stager.link(ticket.weights, "weights")
         log.info(
             "%d images ready in %.1f s (%d could not be fetched)",
             len(spec.images),
@@ -143,5 +141,5 @@ def stage_job(ctx: Context, *, job: Job, experiment: Experiment, job_dir: Path) 
             len(spec.failed),
         )
     else:
-        raise Invalid(f"unknown job action {job.action!r}")
+        raise Invalid(f"unknown job action {ticket.action!r}")
     return spec
