@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from medcloud import __version__, viewer
 from medcloud.api import errors, openapi
@@ -17,7 +18,10 @@ from medcloud.config import Settings
 from medcloud.context import Context
 from medcloud.datasets.router import LABEL_PATH
 from medcloud.datasets.router import router as datasets_router
+from medcloud.experiments import realtime
+from medcloud.experiments.orm import Experiment
 from medcloud.experiments.router import router as experiments_router
+from medcloud.inference.hosts import HostSpec
 from medcloud.jobs.router import router as jobs_router
 from medcloud.jobs.runner import Scheduler
 from medcloud.leader import Role
@@ -47,6 +51,13 @@ def _max_train_jobs(ctx: Context) -> int:
     return max(torch.cuda.device_count(), 1)
 
 
+def _realtime_experiments(ctx: Context) -> dict[str, HostSpec]:
+    """The experiments whose model should be serving: what a host backend reconciles with at start-up."""
+    with ctx.db.session() as session:
+        rows = session.scalars(select(Experiment).where(Experiment.realtime_infer.is_(True))).all()
+        return {row.id: realtime.host_spec(row, ctx.settings) for row in rows if row.bundle_dir}
+
+
 def create_app(
     settings: Settings | None = None,
     context: Context | None = None,
@@ -66,6 +77,7 @@ def create_app(
         sweeper = asyncio.create_task(_sweep_cache(ctx))
 
         async def start_duties() -> None:  # the leader's: the job scheduler and the annotation controllers
+            await ctx.hosts.reconcile(await asyncio.to_thread(_realtime_experiments, ctx))
             ctx.hub = LearningHub(ctx)
             ctx.runner = Scheduler(ctx, ctx.jobs, max_parallel=_max_train_jobs(ctx), on_ended=ctx.hub.job_ended)
             await ctx.runner.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -158,22 +157,6 @@ class Settings(BaseSettings):
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'medcloud.db').resolve()}"
-
-    def as_env(self) -> dict[str, str]:
-        """These settings as `MEDCLOUD_*` variables: how a trusted child process (a job worker) gets them."""
-        env = {}
-        for name, value in self.model_dump(mode="json").items():
-            if value is None:
-                continue
-            text = (
-                json.dumps(value)
-                if isinstance(value, list | dict)
-                else str(value).lower()
-                if isinstance(value, bool)
-                else str(value)
-            )
-            env[f"MEDCLOUD_{name.upper()}"] = text
-        return env
 
     def resolved(self) -> Settings:
         """A copy with `data_dir` absolute, created, and closed to other users (`datadir.secure_data_dir`)."""
