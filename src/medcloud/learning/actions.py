@@ -12,6 +12,7 @@ from medcloud import egress
 from medcloud.bundles.overrides import check_params, check_train_specs
 from medcloud.config import Settings
 from medcloud.errors import Conflict, Invalid, NotFound
+from medcloud.execution.kinds import kind_of
 from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import CUSTOM_ARCHS, ExperimentJob
 from medcloud.jobs import service as jobs
@@ -117,16 +118,22 @@ def begin_cancel(session: Session, row: Job) -> tuple[str, list[str]]:
     return f"{was} job {row.id} cancelled", to_kill
 
 
+def _cancel_kills(action: str) -> bool:
+    kind = kind_of(action)
+    return kind is None or kind.cancel_kills
+
+
 def _cancel_one(session: Session, job: Job, to_kill: list[str]) -> str | None:
     """Cancel one job; return the status it was canceled from, or None when it had already ended."""
     for _attempt in range(len(JobStatus)):  # each lost race moves the status forward, so this ends
         status = JobStatus(job.status)
         if status in TERMINAL:
             return None
-        if status == JobStatus.CANCELING and job.action != "annotation":
+        kills = _cancel_kills(job.action)
+        if status == JobStatus.CANCELING and kills:
             to_kill.append(job.id)  # asked again: kill again, which also settles a cancel left half-done
             return status.value
-        if status == JobStatus.PENDING or job.action == "annotation":
+        if status == JobStatus.PENDING or not kills:
             moved = jobs.transition(session, job, JobStatus.CANCELED, "Canceled by the user.")
         else:
             moved = jobs.transition(session, job, JobStatus.CANCELING, "Canceling.")
