@@ -294,6 +294,9 @@ class HostManager:
         """The delete did not happen after all: the experiment's next request may start its host again."""
         self._retired.discard(experiment_id)
 
+    async def reconcile(self, wanted: dict[str, HostSpec]) -> None:
+        """Local hosts die with the API process: nothing to reattach; each wanted one starts on its next request."""
+
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(eid) for eid in list(self._hosts)))
 
@@ -303,12 +306,13 @@ class Outputs:
     """The output files of one request, open for reading; `close()` (blocking) closes them and removes their folder."""
 
     files: list[tuple[str, BinaryIO]]  # (name relative to the output folder, open file)
-    folder: Path
+    folder: Path | None  # None: the files are in memory (a backend whose models run elsewhere)
 
     def close(self) -> None:
         for _name, handle in self.files:
             handle.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _open_outputs(request_dir: Path, out_dir: Path, files: list[str]) -> Outputs:

@@ -1,0 +1,243 @@
+"""Model hosts on Ray Serve, against one real local Ray cluster (tests/ray_cluster.py, 2 logical GPUs).
+
+Real-time inference through the API with `MEDCLOUD_RAY_ADDRESS` set: the same output as the local
+backend, two replicas sharing one logical GPU, hot swap reaching every replica (also one started after
+the swap), a replica killed mid-request, an API restart that reattaches to the running replica, delete.
+
+A request can be held on its replica: its `bundle_params` carry an expression (the test servers allow
+them) that writes the replica's pid and GPU into a marker file and waits until the test creates a release
+file. While one request is held there, the next one must go to the other replica (one request per replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_api
+from helpers import dice, multipart_parts, nifti_array, nrrd_voxels, wait_for
+from ray_cluster import ray_cluster  # noqa: F401  (the session's cluster)
+from test_realtime_inference import create_dataset, create_experiment, manifest_entries
+
+ray = pytest.importorskip("ray", reason="Ray is the optional `ray` extra (pip install medcloud[ray])")
+from ray import serve  # noqa: E402
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medcloud.demo.synthetic import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("ray-dataset") / "dataset", n_ct=2, n_rgb=0).parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def driver() -> Iterator[None]:
+    """The test process is the Ray driver of every app built here: a MEDCLOUD_* secret in its environment
+    must not reach a replica, and it disconnects before the session's cluster stops."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDCLOUD_PROBE_SECRET", "must-not-reach-a-replica")
+        yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def ray_settings(cluster: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "ray_address": cluster.address,
+        "ray_shared_dir": cluster.shared_dir,
+        "ray_cpus_per_replica": 0.25,  # the cluster has 2 CPUs; the other engineers' tests use it too
+        "ray_gpus_per_replica": 0.5,
+        "allow_expression_overrides": True,  # the held requests' bundle_params
+        "host_start_timeout_s": 300,
+        **extra,
+    }
+
+
+def app_name(experiment_id: str) -> str:
+    return f"medcloud-{experiment_id}"
+
+
+def replica_info(experiment_id: str) -> dict[str, Any]:
+    """One replica's own account (pid, GPU, weights, environment), asked through Serve like any request."""
+    return serve.get_app_handle(app_name(experiment_id)).info.remote().result(timeout_s=120)
+
+
+def running_replicas(experiment_id: str) -> int:
+    app = serve.status().applications.get(app_name(experiment_id))
+    return 0 if app is None else sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+
+
+def infer(api, experiment_id: str, image_id: str, params: dict | None = None):  # type: ignore[no-untyped-def]
+    specs = {"image": image_id, **({"bundle_params": params} if params else {})}
+    return api.post(f"experiments/{experiment_id}/jobs", json={"action": "inference", "specs": specs})
+
+
+def segmentation(resp, shape: tuple[int, ...]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    assert resp.status_code == 201, resp.text
+    parts = multipart_parts(resp)
+    assert list(parts) == ["ct_000_seg.nrrd"]
+    return nrrd_voxels(parts["ct_000_seg.nrrd"], shape)
+
+
+class Held:
+    """A request held on whichever replica takes it, until `release()`; `replica` is (pid, GPU) once it runs."""
+
+    def __init__(self, api, experiment_id: str, image_id: str, folder: Path) -> None:  # type: ignore[no-untyped-def]
+        folder.mkdir(parents=True, exist_ok=True)
+        self.marker, self.release_file = folder / "running", folder / "release"
+        pathlib = "__import__('pathlib').Path"
+        hold = (
+            f"$({pathlib}({str(self.marker)!r}).write_text(str(__import__('os').getpid()) + ' ' + "
+            "__import__('os').environ.get('CUDA_VISIBLE_DEVICES', '')), "
+            f"any({pathlib}({str(self.release_file)!r}).exists() or __import__('time').sleep(0.05) "
+            "for _ in range(6000)), 0)[-1]"
+        )
+        self.result: dict[str, Any] = {}
+        self.thread = threading.Thread(
+            target=lambda: self.result.update(resp=infer(api, experiment_id, image_id, {"hold": hold}))
+        )
+        self.thread.start()
+        text = wait_for(lambda: self.marker.exists() and self.marker.read_text(), timeout=120, what="held request")
+        pid, _, gpu = str(text).partition(" ")
+        self.pid, self.gpu = int(pid), gpu
+
+    def release(self):  # type: ignore[no-untyped-def]
+        self.release_file.touch()
+        self.thread.join(timeout=120)
+        assert not self.thread.is_alive()
+        return self.result["resp"]
+
+
+def untimed(nrrd: bytes) -> bytes:
+    """An NRRD file without pynrrd's "# on <time>" comment: everything else must match byte for byte."""
+    return re.sub(rb"\n# on [^\n]*\(GMT\)\.\n", b"\n", nrrd, count=1)
+
+
+def zero_weights(bundle: Path, out: Path) -> Path:
+    """The bundle's network with every parameter zeroed: it segments nothing at all."""
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    torch.save({k: torch.zeros_like(v) for k, v in state.items()}, out)
+    return out
+
+
+def test_ray_replica_matches_the_local_host_and_an_api_restart_reattaches(
+    ray_cluster,  # noqa: F811
+    dataset,
+    demo_zips,
+    demo_bundles,
+    tmp_path,
+):
+    from medcloud.experiments import realtime
+    from medcloud.experiments.orm import Experiment
+    from medcloud.inference.hosts import HostManager
+
+    data_dir = tmp_path / "data"
+    entry = manifest_entries(dataset)[0]
+    truth = nifti_array(dataset / entry["label"]["path"][0])
+    with make_api(data_dir, **ray_settings(ray_cluster)) as api:
+        dataset_id = create_dataset(api, dataset)
+        exp = create_experiment(api, dataset_id, demo_zips["segmentation"])
+        eid = exp["id"]
+        assert running_replicas(eid) == 1
+        first = infer(api, eid, entry["image"]["id"])
+        seg = segmentation(first, truth.shape)
+        assert dice(seg, truth) > 0.8
+        # The local backend, same bundle and image: the very same bytes.
+        with api.ctx.db.session() as session:
+            spec = realtime.host_spec(session.get(Experiment, eid), api.ctx.settings)
+        local = HostManager(api.ctx.settings)
+
+        async def run_locally() -> bytes:
+            try:
+                outputs = await local.infer(
+                    spec, image=str(dataset / entry["image"]["path"][0]), params={}, timeout=120
+                )
+                try:
+                    return dict((name, f.read()) for name, f in outputs.files)["ct_000_seg.nrrd"]
+                finally:
+                    outputs.close()
+            finally:
+                await local.stop_all()
+
+        ray_bytes = multipart_parts(first)["ct_000_seg.nrrd"]
+        assert untimed(asyncio.run(run_locally())) == untimed(ray_bytes) != ray_bytes
+        before = replica_info(eid)
+        assert before["medcloud_env"] == []  # the API's MEDCLOUD_* settings and secrets stay on the API
+        assert Path(before["spec"]["bundle_dir"]).is_relative_to(ray_cluster.shared_dir)
+    # The API is gone; the replica is the cluster's and still runs. A new driver, as a new process would be.
+    assert running_replicas(eid) == 1
+    ray.shutdown()
+    with make_api(data_dir, **ray_settings(ray_cluster)) as api:
+        with api.ctx.db.session() as session:
+            spec = realtime.host_spec(session.get(Experiment, eid), api.ctx.settings)
+        api.client.portal.call(api.ctx.hosts.reconcile, {eid: spec})
+        again = infer(api, eid, entry["image"]["id"])
+        assert untimed(multipart_parts(again)["ct_000_seg.nrrd"]) == untimed(ray_bytes)
+        after = replica_info(eid)
+        assert (after["pid"], after["actor_id"]) == (before["pid"], before["actor_id"])  # reattached, not reloaded
+        assert api.delete(f"experiments/{eid}").status_code == 200
+        assert app_name(eid) not in serve.status().applications
+        assert not (ray_cluster.shared_dir / "bundles" / eid).exists()
+
+
+def test_two_replicas_share_a_gpu_hot_swap_reaches_every_replica_and_a_crash_is_a_503(
+    ray_cluster,  # noqa: F811
+    dataset,
+    demo_zips,
+    demo_bundles,
+    tmp_path,
+):
+    entry = manifest_entries(dataset)[0]
+    image_id = entry["image"]["id"]
+    truth = nifti_array(dataset / entry["label"]["path"][0])
+    with make_api(tmp_path / "data", **ray_settings(ray_cluster, ray_max_replicas=2)) as api:
+        dataset_id = create_dataset(api, dataset)
+        exp = create_experiment(api, dataset_id, demo_zips["segmentation"], model_params={"replicas": 2})
+        eid = exp["id"]
+        assert running_replicas(eid) == 2
+
+        # Placement: while one request holds its replica, the other replica answers; both on one logical GPU.
+        held = Held(api, eid, image_id, tmp_path / "hold-1")
+        other = replica_info(eid)
+        assert other["pid"] != held.pid
+        assert other["gpu_ids"] == [held.gpu] and held.gpu in ("0", "1")
+        assert dice(segmentation(held.release(), truth.shape), truth) > 0.8
+        replicas = {held.pid, other["pid"]}
+
+        # Hot swap: both replicas answer with the new (all-zero) weights, and neither restarted.
+        new_weights = zero_weights(demo_bundles["segmentation"], tmp_path / "zero.pt")
+        api.client.portal.call(api.ctx.hosts.swap, eid, new_weights)
+        held = Held(api, eid, image_id, tmp_path / "hold-2")
+        assert not segmentation(infer(api, eid, image_id), truth.shape).any()  # the other replica
+        assert not segmentation(held.release(), truth.shape).any()
+        assert held.pid in replicas and replica_info(eid)["pid"] in replicas
+
+        # A replica dies mid-request: that request is a 503; the next one is answered by the other replica.
+        held = Held(api, eid, image_id, tmp_path / "hold-3")
+        os.kill(held.pid, signal.SIGKILL)
+        crashed = held.release()
+        assert crashed.status_code == 503, crashed.text
+        assert "the model replica failed while answering" in crashed.json()["error_desc"]
+        assert not segmentation(infer(api, eid, image_id), truth.shape).any()
+
+        # Serve replaces the dead replica; the new one gets the swapped weights too.
+        wait_for(lambda: running_replicas(eid) == 2, timeout=300, what="Serve to replace the dead replica")
+        dead = held.pid
+        held = Held(api, eid, image_id, tmp_path / "hold-4")
+        now = {held.pid, replica_info(eid)["pid"]}
+        assert len(now) == 2 and dead not in now and len(now - replicas) == 1  # the survivor and a newcomer
+        assert not segmentation(infer(api, eid, image_id), truth.shape).any()
+        assert not segmentation(held.release(), truth.shape).any()
+        assert api.delete(f"experiments/{eid}").status_code == 200
+        assert app_name(eid) not in serve.status().applications
