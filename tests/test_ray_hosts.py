@@ -12,6 +12,8 @@ file. While one request is held there, the next one must go to the other replica
 from __future__ import annotations
 
 import asyncio
+import csv
+import json
 import os
 import re
 import signal
@@ -24,8 +26,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_api
+from guides import create_key, guide_cells, medcloud_serve, requires_guides, substitute
 from helpers import dice, multipart_parts, nifti_array, nrrd_voxels, wait_for
 from ray_cluster import ray_cluster  # noqa: F401  (the session's cluster)
+from services import AZURITE_ACCOUNT, upload_folder_to_azure
+from test_guide_000 import ORG as GUIDE_ORG
+from test_guide_000 import bundle_server  # noqa: F401  (the guide's bundle, served over HTTP)
 from test_realtime_inference import create_dataset, create_experiment, manifest_entries
 
 ray = pytest.importorskip("ray", reason="Ray is the optional `ray` extra (pip install medcloud[ray])")
@@ -241,3 +247,62 @@ def test_two_replicas_share_a_gpu_hot_swap_reaches_every_replica_and_a_crash_is_
         assert not segmentation(held.release(), truth.shape).any()
         assert api.delete(f"experiments/{eid}").status_code == 200
         assert app_name(eid) not in serve.status().applications
+
+
+@requires_guides
+def test_guide_000_runs_as_written_against_medcloud_serve_on_ray(
+    ray_cluster,  # noqa: F811
+    azurite,
+    local_dataset,
+    bundle_server,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """Guide 000 (real-time inference on a custom bundle) end to end, its model a Serve application."""
+    upload_folder_to_azure(azurite, local_dataset, "guide000ray", "data")
+    entries = json.loads((local_dataset / "manifest.json").read_text())["data"]
+    png = next(e for e in entries if e["image"]["path"][0].endswith(".png"))
+    data_dir = tmp_path / "server"
+    monkeypatch.setenv("MONAI_API_KEY", create_key(data_dir, GUIDE_ORG, "guide-user"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # the guide writes the predictions into the current folder
+    env = {
+        "MEDCLOUD_RAY_ADDRESS": ray_cluster.address,
+        "MEDCLOUD_RAY_SHARED_DIR": str(ray_cluster.shared_dir),
+        "MEDCLOUD_RAY_CPUS_PER_REPLICA": "0.25",
+    }
+    seen: dict[str, Any] = {}
+
+    def watch_experiment(namespace: dict[str, Any]) -> None:
+        """After the guide's cell that creates the experiment: its model runs as a Serve application."""
+        if "experiment_id" in namespace and "apps" not in seen:
+            if not ray.is_initialized():
+                ray.init(address=ray_cluster.address, logging_level="WARNING", log_to_driver=False)
+            seen["apps"] = set(serve.status().applications)
+            seen["experiment_id"] = namespace["experiment_id"]
+
+    with medcloud_serve(data_dir, env=env) as server:
+        replacements = {
+            "host_url": server.url,
+            "access_id": AZURITE_ACCOUNT,
+            "access_secret": azurite.key,
+            "container_url": f"{azurite.endpoint}/guide000ray/data",
+            "inference_image_id": png["image"]["id"],
+            "bundle_url": bundle_server,
+        }
+        namespace: dict[str, Any] = {}
+        cells = guide_cells("000")
+        assert len(cells) == 10
+        for cell in cells:
+            exec(compile(substitute(cell, replacements), "guide-000", "exec"), namespace)  # noqa: S102
+            watch_experiment(namespace)
+        assert app_name(seen["experiment_id"]) in seen["apps"]
+        assert app_name(seen["experiment_id"]) not in serve.status().applications  # turned off, then deleted
+    with open(work / "realtime_inference_predictions.csv") as handle:
+        rows = list(csv.reader(handle))
+    assert len(rows) == 1
+    assert rows[0][0].endswith(png["image"]["path"][0].split("/")[-1])
+    scores = [float(v) for v in rows[0][1:]]
+    assert len(scores) == 2 and scores.index(max(scores)) == 0  # frame_000 is class 0 ("in body")
+    assert namespace["response"].status_code == 200  # the last cell deleted the dataset
