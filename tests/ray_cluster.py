@@ -49,13 +49,16 @@ def start_cluster(num_cpus: int = 2, num_gpus: int = 2, timeout_s: float = 120) 
     shared = temp_dir / "shared"
     shared.mkdir()
     os.chmod(temp_dir, 0o755)
-    port, dashboard = free_port(), free_port()
+    # The dashboard agent's default port (52365) would collide with a second cluster on this machine (another
+    # test run), whose Jobs API then answers "No available agent to submit job".
+    port, dashboard, agent = free_port(), free_port(), free_port()
     log = open(temp_dir / "ray-start.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             str(ray_bin), "start", "--head", "--block", "--disable-usage-stats",
             f"--port={port}", "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+            f"--dashboard-agent-listen-port={agent}",
             f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", f"--temp-dir={temp_dir / 't'}",
         ],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_scrubbed_env(),
