@@ -1,0 +1,193 @@
+"""Train and batch jobs as Ray Jobs, on a real local Ray cluster (`ray_cluster`).
+
+First the backend alone (`RayJobs`, fed `JobTicket`s directly: what the scheduler does), then through
+the API: an app whose settings name the cluster trains the demo segmentation bundle on Ray, cancels,
+and survives its own restart while a job runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+from ray_cluster import RayCluster, ray_cluster  # noqa: F401  (the session's cluster)
+
+pytest.importorskip("ray", reason="Ray is the optional `ray` extra (pip install medcloud[ray])")
+
+from ray.job_submission import JobStatus, JobSubmissionClient  # noqa: E402
+
+from medcloud.config import Settings  # noqa: E402
+from medcloud.errors import MedcloudError  # noqa: E402
+from medcloud.execution.base import Handle  # noqa: E402
+from medcloud.execution.ray_jobs import RayJobs, submission_id  # noqa: E402
+from medcloud.jobs import files  # noqa: E402
+from medcloud.jobs.ticket import DatasetInput, JobTicket  # noqa: E402
+
+
+def ray_settings(cluster: RayCluster, **extra: object) -> Settings:
+    return Settings(
+        ray_address=cluster.address,
+        ray_dashboard_url=cluster.dashboard_url,
+        ray_shared_dir=cluster.shared_dir,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def backend(ray_cluster: RayCluster) -> RayJobs:  # noqa: F811
+    return RayJobs(ray_settings(ray_cluster))
+
+
+@pytest.fixture(scope="module")
+def jobs_api(ray_cluster: RayCluster) -> JobSubmissionClient:  # noqa: F811
+    """The cluster's Jobs API, to check what the backend did there."""
+    return JobSubmissionClient(ray_cluster.dashboard_url)
+
+
+def ray_jobs_of(client: JobSubmissionClient, job_id: str) -> list:
+    return [info for info in client.list_jobs() if (info.metadata or {}).get("medcloud_job") == job_id]
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Live processes whose command line names `folder` (the worker, `--ticket`; the model, `--job-dir`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(folder).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def failing_ticket() -> JobTicket:
+    """A train job whose dataset and bundle are not there: the worker fails fast and says so in its outcome."""
+    return JobTicket(
+        job_id=str(uuid.uuid4()),
+        action="train",
+        experiment_id=str(uuid.uuid4()),
+        network_arch="monai_segmentation",
+        bundle_dir="/nonexistent/bundle",
+        train=DatasetInput(dataset_id=str(uuid.uuid4()), client_url="/nonexistent/dataset"),
+        settings={"dataset_allow_local_paths": True},
+    )
+
+
+@pytest.fixture(scope="module")
+def shared_bundle(demo_bundles: dict[str, Path], ray_cluster: RayCluster) -> Path:  # noqa: F811
+    """The demo segmentation bundle where every node sees it."""
+    target = ray_cluster.shared_dir / "test-bundles" / demo_bundles["segmentation"].name
+    if not target.exists():
+        shutil.copytree(demo_bundles["segmentation"], target)
+    return target
+
+
+def train_ticket(bundle: Path, dataset: Path, epochs: int) -> JobTicket:
+    data = DatasetInput(dataset_id=str(uuid.uuid4()), client_url=str(dataset))
+    return JobTicket(
+        job_id=str(uuid.uuid4()),
+        action="train",
+        experiment_id=str(uuid.uuid4()),
+        network_arch="monai_segmentation",
+        bundle_dir=str(bundle),
+        specs={"epochs": epochs, "val_interval": 1},
+        train=data,
+        validation=data,
+        cache_dir=str(bundle.parents[1] / "cache"),
+        settings={"dataset_allow_local_paths": True},
+    )
+
+
+# ------------------------------------------------------------------------------------- the backend
+
+
+def test_refuses_to_start_without_a_shared_folder(ray_cluster: RayCluster) -> None:  # noqa: F811
+    settings = Settings(ray_address=ray_cluster.address)
+    with pytest.raises(MedcloudError, match="MEDCLOUD_RAY_SHARED_DIR"):
+        RayJobs(settings)
+
+
+def test_finds_the_dashboard_and_python_of_the_cluster(ray_cluster: RayCluster) -> None:  # noqa: F811
+    found = RayJobs(Settings(ray_address=ray_cluster.address, ray_shared_dir=ray_cluster.shared_dir))
+    port = ray_cluster.dashboard_url.rsplit(":", 1)[1]
+    assert found.client().get_address().endswith(f":{port}")
+    python = Path(found.python())
+    assert python.is_file() and (python.parent / "ray").is_file()  # the Python the cluster runs, with Ray
+
+
+def test_a_failing_worker_ends_with_its_outcome_once_and_its_logs(backend: RayJobs, jobs_api) -> None:
+    ticket = failing_ticket()
+    handle = backend.submit(ticket)
+    assert handle == Handle("ray", {"submission_id": submission_id(ticket.job_id)})
+    directory = backend.job_dir(ticket.job_id)
+    assert directory.parent == backend.settings.ray_shared_dir.resolve() / "jobs"
+    assert (directory / "ticket.json").stat().st_mode & 0o777 == 0o600
+    assert backend.submit(ticket) == handle  # idempotent: the same Ray job, not a second one
+    assert backend.report(ticket.job_id, handle).state == "running"
+    report = wait_for(
+        lambda: (r := backend.report(ticket.job_id, handle)).state != "running" and r, what="the job to end"
+    )
+    assert report.state == "ended"
+    assert report.outcome is not None and report.outcome["status"] == "Error", report
+    assert "/nonexistent/" in report.outcome["message"], report.outcome
+    assert len(ray_jobs_of(jobs_api, ticket.job_id)) == 1
+    assert backend.submit(ticket) == handle and len(ray_jobs_of(jobs_api, ticket.job_id)) == 1
+    info = jobs_api.get_job_info(handle.data["submission_id"])
+    assert info.status == JobStatus.FAILED  # the worker exits non-zero on Error
+    assert "PYTHONUNBUFFERED" in info.runtime_env["env_vars"] and len(info.runtime_env["env_vars"]) == 1
+    log_file = backend.logs(ticket.job_id, handle)
+    assert log_file == directory / files.LOG
+    text = log_file.read_text()
+    assert f"Job {ticket.job_id}: worker started" in text and report.outcome["message"] in text
+    # An API restart finds the ended job by its outcome: the scheduler's next report ends it.
+    assert RayJobs(backend.settings).adopt(ticket.job_id, None) == handle
+
+
+def test_a_worker_that_leaves_no_outcome_ends_with_rays_message(backend: RayJobs, jobs_api) -> None:
+    job_id = str(uuid.uuid4())
+    # What a worker killed on its node looks like: the entrypoint exits without writing outcome.json.
+    jobs_api.submit_job(entrypoint="echo dying; exit 3", submission_id=submission_id(job_id))
+    report = wait_for(lambda: (r := backend.report(job_id, None)).state == "ended" and r, what="the job to end")
+    assert report.outcome is None
+    assert report.detail == f"Ray job {submission_id(job_id)} FAILED: Job entrypoint command failed with exit code 3"
+    assert backend.adopt(job_id, None) is None  # ended without an outcome: nothing to reattach to
+    assert "dying" in backend.logs(job_id, None).read_text()
+
+
+def test_an_unknown_job_is_gone(backend: RayJobs) -> None:
+    job_id = str(uuid.uuid4())
+    assert backend.report(job_id, None).state == "gone"
+    assert backend.adopt(job_id, None) is None
+    assert backend.logs(job_id, None) is None
+    backend.cancel(job_id, None, timeout=5)  # nothing to stop: returns at once
+
+
+def test_a_long_job_is_adopted_after_a_restart_and_cancel_stops_all_of_it(
+    backend: RayJobs, jobs_api, shared_bundle: Path, local_dataset: Path
+) -> None:
+    ticket = train_ticket(shared_bundle, local_dataset, epochs=500)
+    handle = backend.submit(ticket)
+    directory = backend.job_dir(ticket.job_id)
+    try:
+        progress = wait_for(
+            lambda: backend.report(ticket.job_id, handle).progress, timeout=180, what="the model to report progress"
+        )
+        assert progress["max_epoch"] == 500
+        assert len(processes_in(directory)) >= 2  # the worker and its model process
+        restarted = RayJobs(backend.settings)  # a new API process: nothing of the old one is known
+        assert restarted.adopt(ticket.job_id, None) == handle
+        assert restarted.adopt(ticket.job_id, handle) == handle
+        assert restarted.report(ticket.job_id, handle).state == "running"
+        restarted.cancel(ticket.job_id, handle, timeout=30)
+        assert jobs_api.get_job_status(handle.data["submission_id"]) == JobStatus.STOPPED
+        assert processes_in(directory) == []  # cancel returned: nothing of the job runs
+        report = restarted.report(ticket.job_id, handle)
+        assert report.state == "ended" and report.outcome is None and "STOPPED" in report.detail
+        assert restarted.adopt(ticket.job_id, handle) is None
+    finally:
+        backend.cancel(ticket.job_id, handle, timeout=30)
