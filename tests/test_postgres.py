@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from conftest import make_api
@@ -23,6 +24,7 @@ from test_realtime_inference import create_dataset
 
 from medcloud.datasets.orm import Dataset, Notification
 from medcloud.db import Database
+from medcloud.devserver import create_key, medcloud_serve
 from medcloud.jobs import service as jobs
 from medcloud.jobs.orm import Job
 from medcloud.jobs.states import JobStatus
@@ -75,6 +77,42 @@ def test_two_apps_on_one_postgres_share_datasets_experiments_and_jobs(tmp_path, 
         assert leader.delete(f"experiments/{exp['id']}").status_code == 200
         assert follower.delete(f"datasets/{dataset_id}").status_code == 200
         assert dataset_id not in [d["id"] for d in leader.get("datasets").json()["datasets"]]
+
+
+def test_two_medcloud_serve_processes_on_one_database_answer_every_request(shared_url, tmp_path, local_dataset):
+    """Real `medcloud serve` processes (one data folder, one database) under concurrent reads and writes.
+
+    On SQLite this caught a process dropping its own SQLite locks (closing a descriptor of the database file).
+    """
+    env = {"MEDCLOUD_DATABASE_URL": shared_url, "MEDCLOUD_SECRET_KEY": SECRET}
+    data = tmp_path / "served"
+    with medcloud_serve(data, env=env) as first, medcloud_serve(data, env=env) as second:
+        with pytest.MonkeyPatch.context() as patch:  # `medcloud keys create` reads the same settings
+            for name, value in env.items():
+                patch.setenv(name, value)
+            key = create_key(data, "acme", "alice")
+        token = httpx.post(f"{second.url}/api/v1/login", json={"ngc_api_key": key}).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        failures: list[str] = []
+
+        def client(i: int) -> list[str]:
+            base = f"{(first, second)[i % 2].url}/api/v1/orgs/acme"
+            created = []
+            with httpx.Client(base_url=base, headers=headers, timeout=120) as http:
+                for n in range(8):
+                    if n % 4 == 3:
+                        resp = http.post("/datasets", json={"name": f"c{i}-{n}", "client_url": str(local_dataset)})
+                        created += [resp.json()["id"]] if resp.status_code == 201 else []
+                    else:
+                        resp = http.get("/datasets")
+                    if resp.status_code >= 400:
+                        failures.append(f"{resp.status_code} {resp.text[:200]}")
+            return created
+
+        created = [d for ids in _race(16, client) for d in ids]  # type: ignore[union-attr]
+        assert failures == []
+        listed = httpx.get(f"{first.url}/api/v1/orgs/acme/datasets", headers=headers).json()["datasets"]
+        assert sorted(d["id"] for d in listed) == sorted(created) and len(created) == 16 * 2
 
 
 # ----------------------------------------------------------------- conditional transitions under concurrency
@@ -170,6 +208,7 @@ PICKER = """
 import json, sys, threading, time
 from pathlib import Path
 from medcloud.db import Database
+from medcloud.devserver import create_key, medcloud_serve
 from medcloud.datasets import service
 url, dataset_id, images, threads, picks, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6])
 db = Database(url)

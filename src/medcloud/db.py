@@ -6,6 +6,7 @@ when it opens it, so `medcloud serve`, the CLI and job workers never run on an o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -115,7 +116,11 @@ def _private_sqlite_file(url: str) -> None:
     database = make_url(url).database
     if not database or database == ":memory:":
         return
-    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+    # Never open and close a database file another engine of this process may be using: closing any
+    # descriptor of a file drops every POSIX lock the process holds on it, SQLite's included.
+    if not os.path.exists(database):
+        with contextlib.suppress(FileExistsError):  # another process created it meanwhile
+            os.close(os.open(database, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     os.chmod(database, 0o600)
     for extra in (f"{database}-wal", f"{database}-shm"):
         if os.path.exists(extra):

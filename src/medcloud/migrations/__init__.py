@@ -11,7 +11,7 @@
   many databases. tests/test_migrations.py checks that both ways give the models' schema.
 
 Concurrent starters are serialized (PostgreSQL: a transaction-level advisory lock; SQLite: `flock` on
-the database file, which SQLite's own `fcntl` locks ignore), so two processes starting on one new
+`<database>.migrate-lock` beside it), so two processes starting on one new
 database do not both create it. For a new revision: change the models, then
 `.venv/bin/python -m medcloud.migrations revision -m "what changed"` writes a draft to check by hand.
 """
@@ -117,8 +117,10 @@ def _serialized(engine: Engine) -> Iterator[Connection]:
     if engine.dialect.name == "sqlite":
         database = make_url(str(engine.url)).database
         if database and database != ":memory:":
-            lock_fd = os.open(database, os.O_RDONLY | os.O_CREAT, 0o600)
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # not SQLite's lock (fcntl byte ranges): only other migrations wait
+            # A file of its own: closing any descriptor of the database file would drop this process's
+            # SQLite locks on it (POSIX locks belong to the process), and its connections are in use.
+            lock_fd = os.open(f"{database}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
     try:
         with engine.begin() as connection:
             if engine.dialect.name == "postgresql":
