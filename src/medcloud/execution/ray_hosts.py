@@ -119,6 +119,7 @@ class RayHosts:
             reply = await asyncio.wait_for(_result(response), timeout)
         except TimeoutError:
             response.cancel()
+            self._stale.add(eid)  # look at the application again: a replica may be hung, or it was deleted
             raise self._retired_error(eid) or Unavailable(
                 f"Error: the model replica did not answer within {timeout:.0f} s."
             ) from None
