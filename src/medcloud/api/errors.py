@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -13,6 +14,7 @@ from medcloud import errors
 
 log = logging.getLogger(__name__)
 
+DATABASE_UNAVAILABLE = "The server's metadata database is unavailable at the moment; try again shortly."
 STATUS_BY_ERROR: dict[type[errors.MedcloudError], int] = {
     errors.Invalid: 400,
     errors.Conflict: 400,
@@ -58,6 +60,14 @@ def install(app: FastAPI) -> None:
         elif exc.status_code == 405 and message == "Method Not Allowed":
             message = f"Method {request.method} is not allowed on {request.url.path}."
         return error_response(exc.status_code, message, headers=exc.headers)
+
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.InterfaceError)
+    async def _database_down(request: Request, exc: sqlalchemy.exc.DBAPIError) -> JSONResponse:
+        # The database server is unreachable, restarting or (SQLite) locked for too long: nothing the
+        # client sent is wrong, and the request may be tried again. The driver's text may name the server.
+        log.error("Database unavailable on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__)
+        return error_response(503, DATABASE_UNAVAILABLE, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
