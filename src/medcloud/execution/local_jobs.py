@@ -151,7 +151,7 @@ class LocalJobs:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 if timeout > 0:
-                        log.warning("Job %s: its worker did not exit within %.0f s of SIGKILL", job_id, timeout)
+                    log.warning("Job %s: its worker did not exit within %.0f s of SIGKILL", job_id, timeout)
             return
         while any(pid_runs_job(pid, job_id) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.05)

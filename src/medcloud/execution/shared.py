@@ -23,7 +23,9 @@ def content_digest(path: Path) -> str:
     entries = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
     for entry in entries:
         stat = entry.stat()
-        digest.update(f"{entry.relative_to(path) if entry != path else entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(
+            f"{entry.relative_to(path) if entry != path else entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+        )
     return digest.hexdigest()[:20]
 
 
