@@ -34,6 +34,8 @@ from test_guide_000 import ORG as GUIDE_ORG
 from test_guide_000 import bundle_server  # noqa: F401  (the guide's bundle, served over HTTP)
 from test_realtime_inference import create_dataset, create_experiment, manifest_entries
 
+from medcloud.errors import Unavailable
+
 ray = pytest.importorskip("ray", reason="Ray is the optional `ray` extra (pip install medcloud[ray])")
 from ray import serve  # noqa: E402
 
@@ -125,6 +127,18 @@ class Held:
         return self.result["resp"]
 
 
+def broken_bundle(bundle: Path, tmp_path: Path) -> Path:
+    """The demo segmentation bundle with a checkpoint that is not one (zip)."""
+    import shutil
+
+    from medcloud.demo.bundles import pack_bundle
+
+    folder = tmp_path / "broken" / "broken_segmentation"
+    shutil.copytree(bundle, folder)
+    (folder / "models" / "model.pt").write_bytes(b"not a checkpoint")
+    return pack_bundle(folder, tmp_path / "broken-zip", "zip")
+
+
 def untimed(nrrd: bytes) -> bytes:
     """An NRRD file without pynrrd's "# on <time>" comment: everything else must match byte for byte."""
     return re.sub(rb"\n# on [^\n]*\(GMT\)\.\n", b"\n", nrrd, count=1)
@@ -153,6 +167,25 @@ def test_ray_replica_matches_the_local_host_and_an_api_restart_reattaches(
     truth = nifti_array(dataset / entry["label"]["path"][0])
     with make_api(data_dir, **ray_settings(ray_cluster)) as api:
         dataset_id = create_dataset(api, dataset)
+        apps_before = set(serve.status().applications)
+        shared_before = set((ray_cluster.shared_dir / "bundles").glob("*"))
+        refused = api.post(
+            "experiments",
+            json={
+                "name": "broken",
+                "network_arch": "monai_custom",
+                "train_datasets": [dataset_id],
+                "realtime_infer": True,
+                "bundle_url": f"file://{broken_bundle(demo_bundles['segmentation'], tmp_path)}",
+            },
+        )
+        assert refused.status_code == 400, refused.text
+        assert "the model could not be loaded" in refused.json()["error_desc"]
+        # the model's own error, as the local backend words it (MONAI's, around the unreadable checkpoint)
+        assert "RuntimeError: Failed to evaluate ConfigExpression" in refused.json()["error_desc"]
+        assert set(serve.status().applications) == apps_before  # nothing left deployed
+        assert set((ray_cluster.shared_dir / "bundles").glob("*")) == shared_before  # its copy removed
+
         exp = create_experiment(api, dataset_id, demo_zips["segmentation"])
         eid = exp["id"]
         assert running_replicas(eid) == 1
@@ -228,6 +261,16 @@ def test_two_replicas_share_a_gpu_hot_swap_reaches_every_replica_and_a_crash_is_
         assert not segmentation(infer(api, eid, image_id), truth.shape).any()  # the other replica
         assert not segmentation(held.release(), truth.shape).any()
         assert held.pid in replicas and replica_info(eid)["pid"] in replicas
+
+        # Weights that do not fit the network: the swap fails and both replicas keep the weights they had.
+        bogus = tmp_path / "bogus.pt"
+        torch.save({"bogus": torch.zeros(1)}, bogus)
+        with pytest.raises(Unavailable, match="swapping weights failed"):
+            api.client.portal.call(api.ctx.hosts.swap, eid, bogus)
+        held = Held(api, eid, image_id, tmp_path / "hold-bogus")
+        assert not segmentation(infer(api, eid, image_id), truth.shape).any()
+        assert not segmentation(held.release(), truth.shape).any()
+        assert held.pid in replicas
 
         # A replica dies mid-request: that request is a 503; the next one is answered by the other replica.
         held = Held(api, eid, image_id, tmp_path / "hold-3")

@@ -39,7 +39,7 @@ from medcloud import __version__
 from medcloud.config import Settings
 from medcloud.confined import copy_regular, regular_files
 from medcloud.errors import Conflict, Invalid, Unavailable
-from medcloud.execution.ray_replica import DEPLOYMENT, ModelReplica
+from medcloud.execution.ray_replica import DEPLOYMENT, ModelLoadError, ModelReplica
 from medcloud.inference.hosts import HostSpec, Outputs
 
 log = logging.getLogger(__name__)
@@ -443,12 +443,14 @@ def _running_replicas(app: ApplicationStatusOverview) -> int:
 
 
 def _failure_reason(app: ApplicationStatusOverview) -> str:
-    """The last line of the deployment's error (the model's own exception), else Serve's message."""
-    for message in [d.message for d in app.deployments.values()] + [app.message]:
-        lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
-        if lines:
-            return lines[-1][:500]
-    return "the deployment failed"
+    """The model's own error (the replica raises `ModelLoadError` with it), else the end of Serve's message."""
+    messages = [d.message for d in app.deployments.values() if d.message] + [app.message or ""]
+    for message in messages:
+        marker = f"{ModelLoadError.__name__}: "
+        if marker in message:
+            return message[message.rindex(marker) + len(marker) :].strip()[:1000]
+    lines = [line.strip() for line in "\n".join(messages).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "the deployment failed"
 
 
 def _replica_failure(exc: BaseException) -> str:

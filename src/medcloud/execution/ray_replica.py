@@ -30,6 +30,10 @@ DEPLOYMENT = "ModelReplica"  # the deployment's name inside each experiment's Se
 HUNG_GRACE_S = 30.0
 
 
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message is the one-line reason the client gets."""
+
+
 def _relative(name: str) -> Path:
     """A file name sent by the API, as a path that stays inside the request's folder."""
     path = PurePosixPath(name)
@@ -53,8 +57,11 @@ class ModelReplica:
         self.spec = spec
         self.threads = threads
         self._lock = threading.Lock()  # a request and a weight swap never overlap
-        self._predictor = build_predictor(spec)
-        self._predictor.load()
+        try:
+            self._predictor = build_predictor(spec)
+            self._predictor.load()
+        except Exception as exc:  # Serve reports the traceback's last lines: make them the model's own error
+            raise ModelLoadError(describe(exc)) from None
         self._config: dict[str, Any] = {}
         self._weights: str | None = None  # the weights file swapped in last (None: the bundle's own)
         self._swap_error: dict[str, str] | None = None
