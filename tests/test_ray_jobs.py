@@ -280,28 +280,17 @@ def test_a_killed_worker_on_ray_is_an_error(ray_api: Api, local_dataset: Path, d
     [worker] = [pid for pid in processes_in(directory) if argv(pid)[1:3] == ["-m", "medcloud.jobs.worker"]]
     os.kill(worker, signal.SIGKILL)  # what a crash of the worker looks like
     failed = wait_status(ray_api, exp, job_id, {"Error", "Done"})
-    leftovers = processes_in(directory)
-    for pid in leftovers:  # the next tests need the cluster's CPUs
-        os.kill(pid, signal.SIGKILL)
+    # The model process dies with its worker (PR_SET_PDEATHSIG), out of Ray's reach as it would otherwise be.
+    wait_for(lambda: processes_in(directory) == [], timeout=30, what="the model process to die with its worker")
     assert failed["status"] == "Error"
     message = failed["result"]["detailed_status"]["message"]
     assert message == (
         f"The job's process died (Ray job {submission_id(job_id)} FAILED: Job entrypoint command failed with "
         "exit code 137) before it finished."
     )
-    if leftovers:
-        pytest.xfail(
-            "the model process outlives its killed worker (reparented to init, out of Ray's reach): "
-            "jobs/worker.py should give it PR_SET_PDEATHSIG"
-        )
 
 
 @pytest.mark.skipif(not ROOT_WITH_GROUP, reason="the uid sandbox needs a root server (and the set-up's group)")
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker secures the shared folder as its data dir: shared/bundles (PRIVATE_ROOTS) becomes 0700, "
-    "so the sandboxed model process cannot read the bundle execution/shared.py published there",
-)
 def test_a_sandboxed_train_job_on_ray_reads_its_published_bundle(
     tmp_path: Path, cluster: RayCluster, local_dataset: Path, demo_zips: dict[str, Path]
 ) -> None:

@@ -12,9 +12,13 @@ The job backend reads those for the scheduler, the only writer of job status.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import logging
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +29,32 @@ from medcloud.jobs.ticket import JobTicket
 log = logging.getLogger("medcloud.worker")
 
 
+def _die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` that has the kernel kill the child when this worker dies (PR_SET_PDEATHSIG).
+
+    Set after the child took the sandbox's uid (a change of credentials would clear it). A local cancel
+    kills the worker's process group, which the model process is in; a Ray node may kill the worker
+    alone (stop_job, a crash), and then the model process must not live on out of reach.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)  # loaded before the fork
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return arm
+
+
 def run_model_process(ctx: Any, *, experiment_id: str, job_dir: Path) -> dict[str, Any]:
     """Run `medcloud.jobs.model_run` in the experiment's sandbox; its outcome, or an Error one."""
     (job_dir / MODEL_RESULT).unlink(missing_ok=True)
     process = ctx.sandbox.popen_kwargs(experiment_id=experiment_id, home=job_dir)
-    # Same process group as this worker: cancelling the job kills both.
+    # Same process group as this worker (cancelling the job kills both), and killed if the worker dies.
     code = subprocess.call(
         [ctx.settings.host_python or sys.executable, "-m", "medcloud.jobs.model_run", "--job-dir", str(job_dir)],
         stdout=sys.stdout.fileno(),
         stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent(),  # noqa: PLW1509  (the worker has no other threads at this point)
         **process,
     )
     outcome = files.read_json(job_dir / MODEL_RESULT)

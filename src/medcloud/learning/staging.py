@@ -106,6 +106,8 @@ def _batch_images(ctx: WorkerContext, ticket: JobTicket, stager: Stager) -> tupl
 def stage_job(ctx: WorkerContext, ticket: JobTicket, job_dir: Path) -> JobSpec:
     """Fetch and link the job's inputs and describe them; the job folder then belongs to the sandbox."""
     started = time.perf_counter()
+    # The bundle belongs to the experiment's identity (on Ray: the copy published in the shared folder).
+    ctx.sandbox.prepare(Path(ticket.bundle_dir), experiment_id=ticket.experiment_id)
     stager = Stager(ctx, ticket.experiment_id, job_dir)
     spec = JobSpec(
         job_id=ticket.job_id,

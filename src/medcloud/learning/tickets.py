@@ -97,7 +97,7 @@ def build_ticket(ctx: Context, session: Any, job: Job, *, job_dir_of: Any, cache
     if experiment is None:
         raise Invalid("The job's experiment is gone.")
     params = experiment.model_params or {}
-    bundle = node_path(ctx.settings, Path(experiment.bundle_dir), kind="bundles", key=experiment.id)
+    bundle = node_path(ctx.settings, Path(experiment.bundle_dir), kind="experiments", key=experiment.id)
     host = vars(host_spec(experiment, ctx.settings)) | {"bundle_dir": str(bundle)}
     ticket = JobTicket(
         job_id=job.id,
