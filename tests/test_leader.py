@@ -271,3 +271,24 @@ def test_a_cleanly_stopped_leader_is_replaced_within_the_retry_interval(url, pro
     assert leader.stops == 1
     wait_for(lambda: follower.role.leading, timeout=5, what="the follower to take over")
     assert follower.starts == 1
+
+
+def test_duties_that_fail_to_start_release_the_leadership(url):
+    db = Database(url)
+    ctx = SimpleNamespace(db=db, runner=None, hub=None)
+    stops: list[int] = []
+
+    async def broken_start() -> None:
+        raise RuntimeError("the scheduler cannot start")
+
+    async def stop() -> None:
+        stops.append(1)
+
+    role = Role(ctx, start=broken_start, stop=stop)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="cannot start"):
+        asyncio.run(role.begin())
+    assert stops == [1] and not role.leading and isinstance(ctx.runner, RemoteRunner)
+    other = Leadership(Database(url))
+    assert other.try_acquire()  # not held by the process whose duties failed
+    other.release()
+    db.dispose()

@@ -255,8 +255,12 @@ class Role:
             await asyncio.to_thread(self._subscribe)
         try:
             await self._start()
-        except BaseException:
+        except BaseException:  # duties that failed to start must not keep others from leading
             self._unsubscribe_all()
+            with contextlib.suppress(Exception):
+                await self._stop()  # whatever part did start
+            await asyncio.to_thread(self.leadership.release)
+            self._follow()
             raise
         self._leading = True
         with self._queue_lock:
