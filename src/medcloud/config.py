@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     ray_gpus_per_replica: float = Field(default=0.0, ge=0, description="GPUs per model replica (0.5: two share one).")
     ray_cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs per model replica.")
     ray_gpus_per_job: float = Field(default=0.0, ge=0, description="GPUs per train/batch job.")
-    ray_min_replicas: int = Field(default=1, ge=0, description="Replicas per experiment without model_params.replicas.")
+    ray_min_replicas: int = Field(default=1, ge=1, description="Fewest replicas any experiment runs (capped by the max).")
     ray_max_replicas: int = Field(default=1, ge=1, description="Most replicas autoscaling may start per experiment.")
 
     @field_validator("egress_allowed_networks")

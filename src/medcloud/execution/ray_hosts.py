@@ -257,17 +257,20 @@ class RayHosts:
         serve.run_many([target], wait_for_applications_running=False)
 
     def _scaling(self, replicas: int) -> dict[str, Any]:
+        """Exactly `low` replicas, or autoscaling from `low` to the maximum; `low` is the experiment's count,
+        raised to the site's floor (`MEDCLOUD_RAY_MIN_REPLICAS`, capped by the maximum)."""
         top = self.settings.ray_max_replicas
-        if top > replicas:
+        low = max(replicas, min(self.settings.ray_min_replicas, top))
+        if top > low:
             return {
                 "autoscaling_config": {
-                    "min_replicas": replicas,
-                    "initial_replicas": replicas,
+                    "min_replicas": low,
+                    "initial_replicas": low,
                     "max_replicas": top,
                     "target_ongoing_requests": 1,
                 }
             }
-        return {"num_replicas": replicas}
+        return {"num_replicas": low}
 
     def _wait_running(self, name: str, timeout: float, *, every_replica: bool) -> None:
         """Until the application runs (`every_replica`) or has a running replica; 400 if it failed to load."""
