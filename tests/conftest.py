@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from mlflow_server import mlflow_url  # noqa: F401  (session fixtures of real services, for every test module)
 from orthanc import empty_orthanc_fixture, orthanc_fixture  # noqa: F401
 from postgres import database_per_test, pg_database, postgres_server, postgres_url  # noqa: F401
+from ray_cluster import ray_cluster  # noqa: F401  (one real local Ray cluster per test run)
 from services import azurite, s3_server  # noqa: F401
 
 from medcloud.app import create_app

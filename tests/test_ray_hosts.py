@@ -28,7 +28,6 @@ import torch
 from conftest import make_api
 from guides import create_key, guide_cells, medcloud_serve, requires_guides, substitute
 from helpers import dice, multipart_parts, nifti_array, nrrd_voxels, wait_for
-from ray_cluster import ray_cluster  # noqa: F401  (the session's cluster)
 from services import AZURITE_ACCOUNT, upload_folder_to_azure
 from test_guide_000 import ORG as GUIDE_ORG
 from test_guide_000 import bundle_server  # noqa: F401  (the guide's bundle, served over HTTP)
@@ -152,7 +151,7 @@ def zero_weights(bundle: Path, out: Path) -> Path:
 
 
 def test_ray_replica_matches_the_local_host_and_an_api_restart_reattaches(
-    ray_cluster,  # noqa: F811
+    ray_cluster,
     dataset,
     demo_zips,
     demo_bundles,
@@ -231,7 +230,7 @@ def test_ray_replica_matches_the_local_host_and_an_api_restart_reattaches(
 
 
 def test_two_replicas_share_a_gpu_hot_swap_reaches_every_replica_and_a_crash_is_a_503(
-    ray_cluster,  # noqa: F811
+    ray_cluster,
     dataset,
     demo_zips,
     demo_bundles,
@@ -294,7 +293,7 @@ def test_two_replicas_share_a_gpu_hot_swap_reaches_every_replica_and_a_crash_is_
 
 @requires_guides
 def test_guide_000_runs_as_written_against_medcloud_serve_on_ray(
-    ray_cluster,  # noqa: F811
+    ray_cluster,
     azurite,
     local_dataset,
     bundle_server,  # noqa: F811

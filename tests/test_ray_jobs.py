@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Api, make_api
 from helpers import wait_for
-from ray_cluster import RayCluster, ray_cluster  # noqa: F401  (the session's cluster)
+from ray_cluster import RayCluster
 from test_jobs import job, seg_experiment, start, wait_status
 from test_sandbox import ROOT_WITH_GROUP
 
@@ -45,7 +45,7 @@ def ray_settings(cluster: RayCluster, **extra: object) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def cluster(ray_cluster: RayCluster) -> RayCluster:  # noqa: F811  (the session's cluster, imported above)
+def cluster(ray_cluster: RayCluster) -> RayCluster:  # the session's cluster (conftest)
     return ray_cluster
 
 
