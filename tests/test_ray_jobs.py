@@ -64,6 +64,15 @@ def ray_jobs_of(client: JobSubmissionClient, job_id: str) -> list:
     return [info for info in client.list_jobs() if (info.metadata or {}).get("medcloud_job") == job_id]
 
 
+def reserved(dashboard_url: str, handle: Handle) -> dict[str, float]:
+    """What Ray reserved for a job's entrypoint: the resources of its supervisor actor."""
+    from ray.util.state import list_actors
+
+    name = f"_ray_internal_job_actor_{handle.data['submission_id']}"
+    [actor] = list_actors(address=dashboard_url, filters=[("name", "=", name)], detail=True)
+    return actor.required_resources
+
+
 def processes_in(folder: Path) -> list[int]:
     """Live processes whose command line names `folder` (the worker, `--ticket`; the model, `--job-dir`)."""
     found = []
@@ -159,7 +168,9 @@ def test_a_failing_worker_ends_with_its_outcome_once_and_its_logs(backend: RayJo
     assert backend.submit(ticket) == handle and len(ray_jobs_of(jobs_api, ticket.job_id)) == 1
     info = jobs_api.get_job_info(handle.data["submission_id"])
     assert info.status == JobStatus.FAILED  # the worker exits non-zero on Error
-    assert "PYTHONUNBUFFERED" in info.runtime_env["env_vars"] and len(info.runtime_env["env_vars"]) == 1
+    # Nothing of the server in Ray's records (the dashboard shows them): no MEDCLOUD_* setting, no credential.
+    assert info.runtime_env["env_vars"] == {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    assert reserved(backend.settings.ray_dashboard_url, handle) == {"CPU": 1}
     log_file = backend.logs(ticket.job_id, handle)
     assert log_file == directory / files.LOG
     text = log_file.read_text()
@@ -177,6 +188,16 @@ def test_a_worker_that_leaves_no_outcome_ends_with_rays_message(backend: RayJobs
     assert report.detail == f"Ray job {submission_id(job_id)} FAILED: Job entrypoint command failed with exit code 3"
     assert backend.adopt(job_id, None) is None  # ended without an outcome: nothing to reattach to
     assert "dying" in backend.logs(job_id, None).read_text()
+
+
+def test_a_job_reserves_and_sees_the_gpus_of_the_settings(cluster: RayCluster, jobs_api) -> None:
+    backend = RayJobs(ray_settings(cluster, ray_gpus_per_job=0.5))
+    ticket = failing_ticket()
+    handle = backend.submit(ticket)
+    wait_for(lambda: backend.report(ticket.job_id, handle).state == "ended", what="the job to end")
+    assert reserved(cluster.dashboard_url, handle) == {"CPU": 1, "GPU": 0.5}
+    info = jobs_api.get_job_info(handle.data["submission_id"])
+    assert info.runtime_env["env_vars"] == {"PYTHONUNBUFFERED": "1"}  # Ray sets CUDA_VISIBLE_DEVICES itself
 
 
 def test_an_unknown_job_is_gone(backend: RayJobs) -> None:
@@ -198,7 +219,10 @@ def test_a_long_job_is_adopted_after_a_restart_and_cancel_stops_all_of_it(
             lambda: backend.report(ticket.job_id, handle).progress, timeout=180, what="the model to report progress"
         )
         assert progress["max_epoch"] == 500
-        assert len(processes_in(directory)) >= 2  # the worker and its model process
+        running = processes_in(directory)
+        assert len(running) >= 2  # the worker and its model process
+        for pid in running:  # no GPU reserved (the default), none visible
+            assert b"\0CUDA_VISIBLE_DEVICES=\0" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes(), argv(pid)
         restarted = RayJobs(backend.settings)  # a new API process: nothing of the old one is known
         assert restarted.adopt(ticket.job_id, None) == handle
         assert restarted.adopt(ticket.job_id, handle) == handle

@@ -158,6 +158,11 @@ class RayJobs:
         ticket_path = directory / TICKET
         ticket.write(ticket_path)
         command = [self.python(), "-m", WORKER_MODULE, "--job-id", ticket.job_id, "--ticket", str(ticket_path)]
+        # No secrets here: Ray shows runtime envs to anyone with the dashboard; the worker reads its settings and
+        # credentials from the ticket. A job that reserved no GPU sees none (Ray would leave every GPU visible).
+        env_vars = {"PYTHONUNBUFFERED": "1"}
+        if not self.settings.ray_gpus_per_job:
+            env_vars["CUDA_VISIBLE_DEVICES"] = ""
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:
             try:
@@ -166,9 +171,7 @@ class RayJobs:
                     submission_id=handle.data["submission_id"],
                     entrypoint_num_cpus=1,
                     entrypoint_num_gpus=self.settings.ray_gpus_per_job,
-                    # No secrets here: Ray shows runtime envs to anyone with the dashboard. The worker reads
-                    # its settings and credentials from the ticket.
-                    runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}},
+                    runtime_env={"env_vars": env_vars},
                     metadata={"medcloud_job": ticket.job_id},
                 )
                 break
