@@ -1,7 +1,7 @@
 """Engine and session factory for the metadata database (SQLite by default, PostgreSQL by URL).
 
 The schema is Alembic's (`medcloud/migrations/`): `Database` brings the database to the newest revision
-when it opens it, so `medcloud serve`, the CLI and job workers never run on an old schema.
+when it opens it, so `medcloud serve` and the CLI never run on an old schema.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def get_owned(session: Session, model: type[OwnedRow], row_id: str, *, org: str,
 
 
 # PostgreSQL: connections per API process (pool_size + max_overflow = 20). Each process also holds two
-# connections of its own when it shares the database (leader.py's lock, wakeups.py's LISTEN) and each
-# running job worker a few, so four API processes stay under PostgreSQL's default max_connections=100.
+# connections of its own (leader.py's lock, wakeups.py's LISTEN and NOTIFY: up to three), so four API
+# processes stay under PostgreSQL's default max_connections=100 (job workers never open the database).
 # A request finding all 20 busy waits for one (pool_timeout), it does not fail: the `db` pool of pools.py
 # (16 threads) is the main user, the `auth` pool the next. More processes: raise max_connections or put
 # PgBouncer (session mode: the advisory lock and LISTEN need a session) in front.
