@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -40,6 +39,7 @@ from medcloud.config import Settings
 from medcloud.confined import copy_regular, regular_files
 from medcloud.errors import Conflict, Invalid, Unavailable
 from medcloud.execution.ray_replica import DEPLOYMENT, ModelLoadError, ModelReplica
+from medcloud.execution.shared import publish
 from medcloud.inference.hosts import HostSpec, Outputs
 
 log = logging.getLogger(__name__)
@@ -341,34 +341,12 @@ class RayHosts:
         return serve.status().applications.get(name)
 
     def _share_bundle(self, spec: HostSpec) -> Path:
-        """The bundle copied to `<shared>/bundles/<experiment>/<content digest>/` (once; regular files only,
-        never through a link model code may have left; written under a temporary name, then renamed)."""
+        """The bundle published to `<shared>/bundles/<experiment>/<content digest>/` (`execution/shared.py`)."""
         source = Path(spec.bundle_dir)
         root = self.shared / "bundles" / spec.experiment_id
         if source.resolve().is_relative_to(root.resolve()):
             return source  # already the shared copy (a redeploy of what runs)
-        files = regular_files(source)
-        digest = hashlib.sha256()
-        for path in files:
-            digest.update(f"{path.relative_to(source).as_posix()}\0{_file_digest(path)}\n".encode())
-        target = root / digest.hexdigest()[:32]
-        if target.is_dir():
-            return target
-        staging = root / f".{target.name}.{uuid.uuid4().hex}"
-        try:
-            for path in files:
-                dest = staging / path.relative_to(source)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                copy_regular(path, source, dest)
-            staging.mkdir(parents=True, exist_ok=True)  # an empty bundle still gets its folder
-            try:
-                os.rename(staging, target)
-            except OSError:
-                if not target.is_dir():  # not just another process having published the same content
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return publish(source, root)
 
     def _stage_weights(self, experiment_id: str, weights: Path) -> Path:
         """The weights copied to `<shared>/weights/<experiment>/<uuid>.pt` (a regular file, never a link)."""
@@ -431,14 +409,6 @@ def _read_input(image: Path) -> tuple[str, list[tuple[str, bytes]]]:
             (f"{image.name}/{p.relative_to(image).as_posix()}", p.read_bytes()) for p in regular_files(image)
         ]
     return image.name, [(image.name, image.read_bytes())]
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _running_replicas(app: ApplicationStatusOverview) -> int:

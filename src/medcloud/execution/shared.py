@@ -1,9 +1,10 @@
 """Files a worker or replica on another node must read: the Ray backend's shared folder.
 
 On the local backend every path is already where the worker runs, so `node_path` returns it unchanged.
-With `MEDCLOUD_RAY_ADDRESS` set, a bundle or checkpoint outside `MEDCLOUD_RAY_SHARED_DIR` is copied
-there once per content (`<shared>/<kind>/<key>/<digest>/`, written under a temporary name and renamed,
-so a reader never sees half a copy) and that copy's path is returned.
+With `MEDCLOUD_RAY_ADDRESS` set, a bundle or checkpoint outside `MEDCLOUD_RAY_SHARED_DIR` is published
+there once per content (`publish`): regular files only, never through a link (model code owns the
+experiment's folder and may have left one pointing anywhere), written under a temporary name and
+renamed, so a reader never sees half a copy.
 """
 
 from __future__ import annotations
@@ -15,37 +16,41 @@ import uuid
 from pathlib import Path
 
 from medcloud.config import Settings
+from medcloud.confined import copy_regular, regular_files
 
 
-def content_digest(path: Path) -> str:
-    """A digest of a file or folder tree: names, sizes and modification times (cheap; no content read)."""
+def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
-    entries = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-    for entry in entries:
-        stat = entry.stat()
-        digest.update(
-            f"{entry.relative_to(path) if entry != path else entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
-        )
-    return digest.hexdigest()[:20]
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def publish(shared_dir: Path, path: Path, *, kind: str, key: str) -> Path:
-    """`path` copied under `shared_dir/kind/key/<digest>/` (once); the copy's path."""
-    target_dir = shared_dir / kind / key / content_digest(path)
-    target = target_dir / path.name
-    if target.exists():
+def publish(source: Path, root: Path) -> Path:
+    """`source` (a folder, or one regular file) copied to `root/<content digest>` (a file keeps its name
+    inside that folder); the copy's path. Content already published is not copied again."""
+    single = source.is_file() and not source.is_symlink()
+    base = source.parent if single else source
+    files = [source] if single else regular_files(source)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(base).as_posix()}\0{file_digest(path)}\n".encode())
+    folder = root / digest.hexdigest()[:32]
+    target = folder / source.name if single else folder
+    if folder.is_dir():
         return target
-    staging = shared_dir / kind / key / f".{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
+    staging = root / f".{folder.name}.{uuid.uuid4().hex}"
     try:
-        if path.is_dir():
-            shutil.copytree(path, staging / path.name, symlinks=False)
-        else:
-            shutil.copy2(path, staging / path.name)
+        staging.mkdir(parents=True)  # an empty bundle still gets its folder
+        for path in files:
+            dest = staging / path.relative_to(base)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            copy_regular(path, base, dest)
         try:
-            os.rename(staging, target_dir)
-        except OSError:  # another caller published the same content first
-            if not target.exists():
+            os.rename(staging, folder)
+        except OSError:
+            if not folder.is_dir():  # not just another process having published the same content
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -53,10 +58,11 @@ def publish(shared_dir: Path, path: Path, *, kind: str, key: str) -> Path:
 
 
 def node_path(settings: Settings, path: Path, *, kind: str, key: str) -> Path:
-    """Where a worker or replica finds `path`: itself on the local backend, else its copy in the shared folder."""
+    """Where a worker or replica finds `path`: itself on the local backend (or when it is already in the
+    shared folder), else its copy published under `<shared>/<kind>/<key>/`."""
     if not settings.ray_address or settings.ray_shared_dir is None:
         return path
     shared = settings.ray_shared_dir.expanduser().resolve()
     if path.resolve().is_relative_to(shared):
         return path
-    return publish(shared, path, kind=kind, key=key)
+    return publish(path, shared / kind / key)
