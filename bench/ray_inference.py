@@ -114,6 +114,18 @@ async def closed_loop(
 # -- (a) per-request overhead ---------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def replica_pid(spec: HostSpec) -> int:
+    from ray import serve
+
+    return (await serve.get_app_handle(f"{Settings().ray_namespace}-{spec.experiment_id}").info.remote())["pid"]
+
+
 async def overhead(work: Path, settings: Settings, runs: int) -> float:
     bundle = make_segmentation_bundle(
         work / "full",
@@ -135,14 +147,25 @@ async def overhead(work: Path, settings: Settings, runs: int) -> float:
         for _ in range(2):  # warm both paths (first requests build caches, routers, connections)
             await request(local, local_spec, image)
             await request(ray, ray_spec, image)
-        local_times, ray_times = [], []
+        pids = {"local": local.host(local_spec.experiment_id).pid, "ray": await replica_pid(ray_spec)}
+        times: dict[str, list[float]] = {"local": [], "ray": []}
+        cpu: dict[str, list[float]] = {"local": [], "ray": []}
+        load = os.getloadavg()[0]
         for _ in range(runs):
-            local_times.append(await request(local, local_spec, image))
-            ray_times.append(await request(ray, ray_spec, image))
+            for name, hosts, spec in (("local", local, local_spec), ("ray", ray, ray_spec)):
+                before = cpu_seconds(pids[name])
+                times[name].append(await request(hosts, spec, image))
+                cpu[name].append(cpu_seconds(pids[name]) - before)
         await local.stop_all()
         await ray.stop(ray_spec.experiment_id)
+    local_times, ray_times = times["local"], times["ray"]
+    print(f"load average {load:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(summary("local host, UNet 96^3", local_times))
     print(summary("Ray Serve, 1 replica, UNet 96^3", ray_times))
+    print(
+        "CPU seconds of the model's process per request (p50): "
+        f"local host {percentile(cpu['local'], 50):.2f}, Ray replica {percentile(cpu['ray'], 50):.2f}"
+    )
     p50, p99 = (percentile(ray_times, q) / percentile(local_times, q) for q in (50, 99))
     added = (percentile(ray_times, 50) - percentile(local_times, 50)) * 1000
     print(
