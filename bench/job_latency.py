@@ -12,8 +12,7 @@ at a time, and measures per job:
   is recorded and nothing of the job runs; checked with a GET right after).
 
 Medians and p90 per backend, then the Ray / local ratios of the medians on the last line. Model code
-runs unsandboxed on both backends (`MEDCLOUD_MODEL_SANDBOX=off`): on Ray the sandboxed model process
-cannot yet read the bundle published to the shared folder (see docs/ray.md).
+runs in the sandbox on both backends where the machine has one (a root server with the set-up's group).
 
 Run: `.venv/bin/python bench/job_latency.py [--jobs 5]`.
 """
@@ -39,7 +38,7 @@ EPOCHS = 10_000  # never ends by itself: every job is cancelled
 
 @contextlib.contextmanager
 def server(kind: str, work: Path) -> Iterator[Client]:
-    env = {"MEDCLOUD_MODEL_SANDBOX": "off", "MEDCLOUD_MAX_TRAIN_JOBS": "1"}
+    env = {"MEDCLOUD_MAX_TRAIN_JOBS": "1"}
     if kind == "local":
         with medcloud_serve(work / "local", env=env) as running:
             yield Client.login(running)

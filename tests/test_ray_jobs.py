@@ -245,9 +245,6 @@ def app_settings(cluster: RayCluster, **extra: object) -> dict[str, object]:
         "ray_address": cluster.address,
         "ray_dashboard_url": cluster.dashboard_url,
         "ray_shared_dir": cluster.shared_dir,
-        # Model code runs unsandboxed here until published bundles are readable by the sandbox: see
-        # test_a_sandboxed_train_job_on_ray_reads_its_published_bundle.
-        "model_sandbox": "off",
         **extra,
     }
 
