@@ -236,6 +236,9 @@ def test_two_replicas_share_a_gpu_hot_swap_reaches_every_replica_and_a_crash_is_
     demo_bundles,
     tmp_path,
 ):
+    from medcloud.experiments import realtime
+    from medcloud.experiments.orm import Experiment
+
     entry = manifest_entries(dataset)[0]
     image_id = entry["image"]["id"]
     truth = nifti_array(dataset / entry["label"]["path"][0])
@@ -258,6 +261,15 @@ def test_two_replicas_share_a_gpu_hot_swap_reaches_every_replica_and_a_crash_is_
         api.client.portal.call(api.ctx.hosts.swap, eid, new_weights)
         held = Held(api, eid, image_id, tmp_path / "hold-2")
         assert not segmentation(infer(api, eid, image_id), truth.shape).any()  # the other replica
+        assert not segmentation(held.release(), truth.shape).any()
+        assert held.pid in replicas and replica_info(eid)["pid"] in replicas
+
+        # A plain redeploy (start again, same bundle) keeps the swapped weights, in place.
+        with api.ctx.db.session() as session:
+            spec = realtime.host_spec(session.get(Experiment, eid), api.ctx.settings)
+        api.client.portal.call(api.ctx.hosts.start, spec, 300)
+        held = Held(api, eid, image_id, tmp_path / "hold-redeploy")
+        assert not segmentation(infer(api, eid, image_id), truth.shape).any()
         assert not segmentation(held.release(), truth.shape).any()
         assert held.pid in replicas and replica_info(eid)["pid"] in replicas
 
