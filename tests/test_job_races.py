@@ -281,6 +281,28 @@ def test_a_process_that_cannot_start_makes_an_error(ctx):
     assert runner._running == {}
 
 
+def test_a_backend_that_cannot_be_asked_about_one_job_leaves_it_running_and_the_others_move_on(ctx, workers):
+    """A cluster's Jobs API down for one job: that job stays Running (not ended for nothing), others settle."""
+    runner = runner_with_fakes(ctx, workers)
+    unreachable, reachable = add_job(ctx), add_job(ctx)
+    runner._schedule()
+    for job_id in (unreachable, reachable):
+        workers.finish(job_id, proc_of(runner, job_id))
+    real_report = runner.backend.report
+
+    def report(job_id, handle):  # type: ignore[no-untyped-def]
+        if job_id == unreachable:
+            raise ConnectionError("dashboard unreachable")
+        return real_report(job_id, handle)
+
+    runner.backend.report = report  # type: ignore[method-assign]
+    assert runner._check_running() == [reachable]
+    assert status_of(ctx, unreachable).status == "Running" and status_of(ctx, reachable).status == "Done"
+    runner.backend.report = real_report  # type: ignore[method-assign]
+    assert runner._check_running() == [unreachable]
+    assert status_of(ctx, unreachable).status == "Done"
+
+
 # ----------------------------------------------------------------- cancel vs end
 
 

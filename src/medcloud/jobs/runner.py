@@ -49,6 +49,7 @@ class Scheduler:
         self.max_parallel = max_parallel
         self.on_ended = on_ended
         self._running: dict[str, Handle | None] = {}  # job id → handle (None: submitted, handle not known yet)
+        self._unreachable: set[str] = set()  # jobs whose backend could not be asked (warned once)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._lock = threading.Lock()
@@ -118,12 +119,23 @@ class Scheduler:
 
     def _check_running(self) -> list[str]:
         with self._lock:  # the loop's tick and a cancel may look at the same moment
-            return [job_id for job_id in list(self._running) if self._check(job_id)]
+            return [job_id for job_id in list(self._running) if self._check_one(job_id)]
+
+    def _check_one(self, job_id: str) -> bool:
+        """`_check`, where a backend that cannot be asked now (a cluster's API down) leaves the job as it is."""
+        try:
+            return self._check(job_id)
+        except Exception as exc:
+            if job_id not in self._unreachable:
+                log.warning("Job %s: its backend cannot tell how it is (%s); asking again", job_id, exc)
+            self._unreachable.add(job_id)
+            return False
 
     def _check(self, job_id: str) -> bool:
         """Bring one running job's row up to date with its backend; whether it ended."""
         handle = self._running[job_id]
         report = self.backend.report(job_id, handle)
+        self._unreachable.discard(job_id)
         with self.ctx.db.session() as session:
             row = session.get(Job, job_id)
             progress = report.progress
