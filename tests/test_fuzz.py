@@ -48,7 +48,7 @@ from medcloud.config import Settings
 from medcloud.context import Context
 from medcloud.jobs import files
 from medcloud.jobs.orm import Job
-from medcloud.jobs.runner import LocalRunner
+from medcloud.jobs.runner import Scheduler
 
 # Generated cases per operation and mode (valid, schema-violating): about 27 x 2 x 25.
 EXAMPLES = 25
@@ -262,7 +262,7 @@ def fuzz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fuzz]:
     # gcsfs otherwise probes a bucket's type over gRPC for 60 s before failing on an offline machine.
     monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     # Train and batch jobs the fuzzer creates are checked and recorded, but stay Pending: no process starts.
-    monkeypatch.setattr(LocalRunner, "_schedule", lambda self: None)
+    monkeypatch.setattr(Scheduler, "_schedule", lambda self: None)
     data_dir = tmp_path / "data"
     ctx = Context.build(
         Settings(
