@@ -158,6 +158,7 @@ async def overhead(work: Path, settings: Settings, runs: int) -> float:
                 cpu[name].append(cpu_seconds(pids[name]) - before)
         await local.stop_all()
         await ray.stop(ray_spec.experiment_id)
+        path = await null_model(work, local, ray, runs)
     local_times, ray_times = times["local"], times["ray"]
     print(f"load average {load:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(summary("local host, UNet 96^3", local_times))
@@ -166,11 +167,31 @@ async def overhead(work: Path, settings: Settings, runs: int) -> float:
         "CPU seconds of the model's process per request (p50): "
         f"local host {percentile(cpu['local'], 50):.2f}, Ray replica {percentile(cpu['ray'], 50):.2f}"
     )
+    print(
+        f"the path alone (a model that does nothing, 1 KB in and out), p50: local {path['local'] * 1000:.1f} ms, "
+        f"Ray {path['ray'] * 1000:.1f} ms"
+    )
     p50, p99 = (percentile(ray_times, q) / percentile(local_times, q) for q in (50, 99))
     added = (percentile(ray_times, 50) - percentile(local_times, 50)) * 1000
     print(
         f"ratio (Ray p50 / local p50, full UNet 16-256 at 96^3): {p50:.3f} (p99 ratio {p99:.3f}, +{added:.1f} ms p50)"
     )
+    return p50
+
+
+async def null_model(work: Path, local: HostManager, ray: Any, runs: int) -> dict[str, float]:
+    """p50 of each backend's own cost: a bundle whose evaluator does nothing but write one small file."""
+    bundle = sleeping_bundle(work / "null", 0.0)
+    image = work / "null.bin"
+    image.write_bytes(b"\0" * 1024)
+    p50 = {}
+    for name, hosts in (("local", local), ("ray", ray)):
+        spec = spec_for(bundle)
+        await hosts.start(spec, 600)
+        for _ in range(3):
+            await request(hosts, spec, image)
+        p50[name] = percentile([await request(hosts, spec, image) for _ in range(max(runs, 30))], 50)
+        await hosts.stop(spec.experiment_id)
     return p50
 
 
