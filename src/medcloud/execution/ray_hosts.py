@@ -127,6 +127,9 @@ class RayHosts:
         except (RayError, RayServeException) as exc:
             self._stale.add(eid)
             raise self._retired_error(eid) or Unavailable(_replica_failure(exc)) from None
+        except asyncio.CancelledError:  # the client went away: free the replica's queue too
+            response.cancel()
+            raise
         if not reply.get("ok"):
             error = f"Error: {reply.get('error')}"
             raise Invalid(error) if reply.get("kind") == "model" else Unavailable(error)
