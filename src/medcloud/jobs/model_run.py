@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from medcloud.jobs import files
 from medcloud.jobs.spec import MODEL_RESULT, SPEC, JobSpec
+from medcloud.logs import setup_job_logging
 
 log = logging.getLogger("medcloud.model_run")
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--job-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    setup_job_logging()  # stdout is the job's log; storage clients' request and header dumps kept out
     spec = JobSpec.read(args.job_dir / SPEC)
     outcome = files.outcome_of(lambda: {"status": "Done", "result": run(spec, args.job_dir)}, log)
     files.write_json(args.job_dir / MODEL_RESULT, outcome)

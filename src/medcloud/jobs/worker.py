@@ -25,6 +25,7 @@ from typing import Any
 from medcloud.jobs import files
 from medcloud.jobs.spec import MODEL_RESULT, SPEC
 from medcloud.jobs.ticket import JobTicket
+from medcloud.logs import setup_job_logging
 
 log = logging.getLogger("medcloud.worker")
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--ticket", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    setup_job_logging()  # stdout is the job's log; storage clients' request and header dumps kept out
     log.info("Job %s: worker started", args.job_id)
     directory = args.ticket.parent
     try:
