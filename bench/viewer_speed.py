@@ -58,7 +58,7 @@ def main() -> None:
         work = Path(tmp)
         bundle = args.bundle
         if bundle is None:
-            from medcloud.demo.vista3d import make_vista3d_bundle
+            from medcloud.families.vista3d.demo import make_vista3d_bundle
 
             bundle = make_vista3d_bundle(work / "vista", train=True)
         truth = write_dataset(work / "ct", 2)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from medcloud.config import Settings
 from medcloud.demo.synthetic import write_synthetic_ct
-from medcloud.demo.vista3d import make_vista3d_bundle
+from medcloud.families.vista3d.demo import make_vista3d_bundle
 from medcloud.inference.hosts import HostManager, HostSpec
 
 

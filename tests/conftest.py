@@ -135,6 +135,6 @@ def weak_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vista_bundle() -> Path:
     """The small VISTA-3D trained on synthetic CT (spleen = 3): the demo's own, built once into the test cache."""
-    from medcloud.demo.vista3d import ensure_demo_vista3d
+    from medcloud.families.vista3d.demo import ensure_demo_vista3d
 
     return ensure_demo_vista3d(BUNDLE_CACHE)

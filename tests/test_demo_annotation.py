@@ -59,7 +59,7 @@ def test_an_operators_vista3d_bundle_is_kept(tmp_path: Path) -> None:
 def _seed_caches(data_dir: Path) -> None:
     """The trained demo bundles, from the per-checkout test cache (built there once), as a first start leaves them."""
     from medcloud.demo.bundles import ensure_demo_bundles
-    from medcloud.demo.vista3d import ensure_demo_vista3d
+    from medcloud.families.vista3d.demo import ensure_demo_vista3d
 
     bundles = data_dir / "demo" / "bundles"
     for folder in (ensure_demo_bundles(BUNDLE_CACHE)["segmentation"].parent, ensure_demo_vista3d(BUNDLE_CACHE).parent):

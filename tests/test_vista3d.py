@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+from medcloud.bundles.configured import ensure_configured_bundle
 from medcloud.config import Settings
 from medcloud.demo.synthetic import ct_affine, synthetic_ct_arrays
 from medcloud.errors import Invalid
+from medcloud.families.vista3d.cache import plan_windows
+from medcloud.families.vista3d.family import CONFIGURED
+from medcloud.families.vista3d.predictor import Vista3dPredictor
+from medcloud.families.vista3d.prompts import EVERYTHING, SUBCLASSES, parse_prompt
+from medcloud.families.vista3d.transforms import PreprocessSettings, map_points, prepare, to_original_grid
 from medcloud.imaging.series import read_series, write_nifti
 from medcloud.imaging.synthetic_dicom import series_bytes, write_ct_series
-from medcloud.inference.vista3d import Vista3dPredictor
-from medcloud.inference.vista3d_bundle import ensure_vista3d_bundle
-from medcloud.inference.vista3d_cache import plan_windows
-from medcloud.inference.vista3d_prompts import EVERYTHING, SUBCLASSES, parse_prompt
-from medcloud.inference.vista3d_transforms import PreprocessSettings, map_points, prepare, to_original_grid
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_prompt_rules_of_the_official_bundle() -> None:
 
 
 def predictor_rules():  # type: ignore[no-untyped-def]
-    from medcloud.inference.vista3d_prompts import PromptRules
+    from medcloud.families.vista3d.prompts import PromptRules
 
     return PromptRules(names={3: "spleen"})
 
@@ -317,23 +318,23 @@ def test_ensure_bundle_from_folder_zip_and_file_url(vista_bundle: Path, tmp_path
                 zf.write(path, f"vista3d/{path.relative_to(vista_bundle).as_posix()}")
     for value in (str(vista_bundle), str(archive), archive.as_uri()):
         settings = Settings(data_dir=tmp_path / "data", vista3d_bundle=value)
-        folder = ensure_vista3d_bundle(settings)
+        folder = ensure_configured_bundle(settings, CONFIGURED)
         assert folder.parent == (tmp_path / "data" / "vista3d").resolve()
         assert (folder / "models" / "model.pt").read_bytes() == (vista_bundle / "models" / "model.pt").read_bytes()
-        assert ensure_vista3d_bundle(settings) == folder  # cached: the same folder, not fetched again
+        assert ensure_configured_bundle(settings, CONFIGURED) == folder  # cached: the same folder, not fetched again
         Vista3dPredictor(folder).load()
 
 
 def test_ensure_bundle_errors_name_the_setting(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.zip"
     with pytest.raises(Invalid) as info:
-        ensure_vista3d_bundle(Settings(data_dir=tmp_path / "data", vista3d_bundle=str(missing)))
+        ensure_configured_bundle(Settings(data_dir=tmp_path / "data", vista3d_bundle=str(missing)), CONFIGURED)
     assert info.value.message == f"MEDCLOUD_VISTA3D_BUNDLE ({missing}) could not be used: {missing} does not exist."
     not_vista = tmp_path / "spleen"
     (not_vista / "configs").mkdir(parents=True)
     (not_vista / "configs" / "metadata.json").write_text("{}")
     with pytest.raises(Invalid) as info:
-        ensure_vista3d_bundle(Settings(data_dir=tmp_path / "data", vista3d_bundle=str(not_vista)))
+        ensure_configured_bundle(Settings(data_dir=tmp_path / "data", vista3d_bundle=str(not_vista)), CONFIGURED)
     assert "MEDCLOUD_VISTA3D_BUNDLE" in info.value.message and "missing configs/inference.json" in info.value.message
     with pytest.raises(Invalid, match="MEDCLOUD_VISTA3D_BUNDLE is not set"):
-        ensure_vista3d_bundle(Settings(data_dir=tmp_path / "data", vista3d_bundle=None))
+        ensure_configured_bundle(Settings(data_dir=tmp_path / "data", vista3d_bundle=None), CONFIGURED)

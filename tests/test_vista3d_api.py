@@ -13,7 +13,7 @@ GUIDE_LABELS = {"1": "liver", "2": "kidney", "3": "spleen", "4": "pancreas", "5"
 
 @pytest.fixture(scope="session")
 def weak_vista_bundle(tmp_path_factory):
-    from medcloud.demo.vista3d import make_vista3d_bundle
+    from medcloud.families.vista3d.demo import make_vista3d_bundle
 
     return make_vista3d_bundle(tmp_path_factory.mktemp("weakvista"), train=False, seed=7)
 

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from medcloud.demo.synthetic import ct_affine, synthetic_ct_arrays
-from medcloud.demo.vista3d import make_vista3d_bundle
+from medcloud.families.vista3d.cache import ClickCache
+from medcloud.families.vista3d.demo import make_vista3d_bundle
+from medcloud.families.vista3d.predictor import Vista3dPredictor
+from medcloud.families.vista3d.window import _one_channel_conv, upscale_and_project
 from medcloud.inference import vista3d
-from medcloud.inference.vista3d import Vista3dPredictor
-from medcloud.inference.vista3d_cache import ClickCache
-from medcloud.inference.vista3d_window import _one_channel_conv, upscale_and_project
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     # workspaces that name none. The Azure one may contain `{account}`.
     aws_endpoint_url: str | None = None
     azure_blob_endpoint: str | None = None
+    # The same for "gcp" workspaces: a GCS JSON-API endpoint (an emulator, a GCS-compatible store).
+    gcs_endpoint: str | None = None
+    # Where a job's results go in its workspace bucket: `results/{job_id}/` (the seed guide's layout) or
+    # `shared/orgs/{org}/users/{user_id}/jobs/{job_id}/` (`ngc`: where the hosted service's notebooks read).
+    results_layout: Literal["results", "ngc"] = "results"
     image_cache_max_ttl_s: int = 3600
     cache_sweep_interval_s: float = 30.0
     host_start_timeout_s: float = 600.0
@@ -126,13 +131,18 @@ class Settings(BaseSettings):
     vista3d_bundle: str | None = Field(
         default=None, description="URL or path of a VISTA-3D bundle in the official layout (zip or folder)."
     )
+    deepedit_bundle: str | None = Field(
+        default=None,
+        description="URL or path of a DeepEdit bundle in the layout of spleen_deepedit_annotation (zip or folder).",
+    )
 
     # Where model code runs (medcloud/execution/): unset = this machine (child processes); set = a Ray cluster.
     ray_address: str | None = Field(
         default=None, description="Ray cluster (GCS) address, e.g. 10.0.0.5:6379; unset runs everything here."
     )
     ray_dashboard_url: str | None = Field(
-        default=None, description="The cluster's Jobs API (dashboard), e.g. http://10.0.0.5:8265; default: asked of Ray."
+        default=None,
+        description="The cluster's Jobs API (dashboard), e.g. http://10.0.0.5:8265; default: asked of Ray.",
     )
     ray_namespace: str = Field(default="medcloud", description="Ray namespace of this server's apps and jobs.")
     ray_shared_dir: Path | None = Field(
@@ -142,7 +152,9 @@ class Settings(BaseSettings):
     ray_gpus_per_replica: float = Field(default=0.0, ge=0, description="GPUs per model replica (0.5: two share one).")
     ray_cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs per model replica.")
     ray_gpus_per_job: float = Field(default=0.0, ge=0, description="GPUs per train/batch job.")
-    ray_min_replicas: int = Field(default=1, ge=1, description="Fewest replicas any experiment runs (capped by the max).")
+    ray_min_replicas: int = Field(
+        default=1, ge=1, description="Fewest replicas any experiment runs (capped by the max)."
+    )
     ray_max_replicas: int = Field(default=1, ge=1, description="Most replicas autoscaling may start per experiment.")
 
     @field_validator("egress_allowed_networks")

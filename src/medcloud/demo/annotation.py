@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 DATASET = "demo-ct"
 EVAL_DATASET = "demo-ct-eval"
 EXPERIMENT = "demo-vista3d"
-# What the small demo VISTA-3D was trained on (medcloud.demo.vista3d): class 3 = the bright spheres.
+# What the small demo VISTA-3D was trained on (medcloud.families.vista3d.demo): class 3 = the bright spheres.
 LABELS: dict[str, str] = {str(SPLEEN): "spleen"}
 # One round: 2 epochs of 20 patches, validated (a class prompt on each eval volume) before and after. Sized for
 # about a minute on two idle CPU cores (not measured there); on a busy machine the validation takes minutes.

@@ -65,7 +65,7 @@ def with_demo_vista3d(settings: Settings, out: TextIO) -> Settings:
     """`settings` with the small demo VISTA-3D (built once under data/demo/bundles) unless one is configured."""
     if settings.vista3d_bundle:
         return settings
-    from medcloud.demo.vista3d import ensure_demo_vista3d
+    from medcloud.families.vista3d.demo import ensure_demo_vista3d
 
     print(
         "medcloud demo: preparing the small VISTA-3D (trained once on synthetic CT, then cached)…", file=out, flush=True

@@ -1,40 +1,36 @@
-"""Base experiments offered to every user (`GET /experiments:base`), with ids stable across installs."""
+"""Base experiments offered to every user (`GET /experiments:base`), with ids stable across installs.
+
+Each model family lists its own (`families/*/family.py` `base_experiments`); this module gathers them
+and gives them one shape.
+"""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from functools import cache
-from importlib import resources
 
 from medcloud.execution.kinds import EXPERIMENT_ACTIONS
-from medcloud.experiments.schemas import ExperimentOut, NetworkArch
+from medcloud.experiments.schemas import ExperimentOut
 
-VISTA3D_NAME = "MONAI VISTA3d"
 _EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-@cache
-def vista3d_labels() -> tuple[str, dict[str, str]]:
-    """The official bundle's version and its 132 class names (lowercase, no background)."""
-    raw = json.loads(resources.files("medcloud.experiments").joinpath("vista3d_labels.json").read_text())
-    return raw["version"], raw["labels"]
 
 
 def stable_id(name: str, version: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"medcloud:base-experiment:{name}:{version}"))
 
 
-@cache
-def base_experiments() -> tuple[ExperimentOut, ...]:
-    version, labels = vista3d_labels()
-    vista = ExperimentOut(
-        id=stable_id(VISTA3D_NAME, version),
-        name=VISTA3D_NAME,
+def base_experiment(
+    *, name: str, version: str, description: str, network_arch: str, ngc_path: str, labels: dict[str, str]
+) -> ExperimentOut:
+    """A public base experiment with the fields the service's notebooks read (`ngc_path`, `version`, ...)."""
+    return ExperimentOut(
+        id=stable_id(name, version),
+        name=name,
         version=version,
-        description="VISTA-3D: versatile 3D CT segmentation of 127 classes with class and point prompts.",
-        network_arch=NetworkArch.VISTA3D.value,
+        ngc_path=ngc_path,
+        description=description,
+        network_arch=network_arch,
         base_experiment=[],
         train_datasets=[],
         eval_dataset=None,
@@ -50,7 +46,13 @@ def base_experiments() -> tuple[ExperimentOut, ...]:
         created_on=_EPOCH,
         last_modified=_EPOCH,
     )
-    return (vista,)
+
+
+@cache
+def base_experiments() -> tuple[ExperimentOut, ...]:
+    from medcloud.families.registry import families
+
+    return tuple(b for family in families() for b in family.base_experiments())
 
 
 def get_base(experiment_id: str) -> ExperimentOut | None:

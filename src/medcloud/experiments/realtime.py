@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import unquote
 
 from medcloud import egress
 from medcloud.archives import ArchiveError, is_archive, safe_extract
-from medcloud.bundles.fetch import fetch_bundle
-from medcloud.bundles.validate import check_bundle, labels_from_metadata
 from medcloud.config import Settings
 from medcloud.context import Context
 from medcloud.datasets import actions as dataset_actions
 from medcloud.datasets import service as datasets
 from medcloud.errors import Invalid
-from medcloud.experiments import catalogue
 from medcloud.experiments.orm import Experiment
-from medcloud.experiments.schemas import ExperimentCreate, InferenceSpecs, NetworkArch
+from medcloud.experiments.schemas import ExperimentCreate, InferenceSpecs
+from medcloud.families.registry import family_of
 from medcloud.inference.hosts import HostSpec
 
 URL_IMAGES = "url-images"  # cache namespace of images given as URLs
@@ -29,63 +25,21 @@ URL_IMAGES = "url-images"  # cache namespace of images given as URLs
 def prepare_model(
     ctx: Context, *, body: ExperimentCreate, base_row: Experiment | None, exp_dir: Path
 ) -> tuple[str, dict[str, str]]:
-    """Put the experiment's bundle in `exp_dir/bundle` (blocking); return its folder and labels.
+    """Put the experiment's model in `exp_dir/bundle` as its family does it (blocking); return its folder and labels.
 
     The folder then belongs to the experiment's sandbox identity: its model code reads it, nobody else's.
     """
-    bundle_dir, labels = _prepare_bundle(ctx, body=body, base_row=base_row, exp_dir=exp_dir)
+    family = family_of(body.network_arch)
+    bundle_dir, labels = family.prepare(ctx, body=body, base_row=base_row, exp_dir=exp_dir)
     ctx.sandbox.prepare(exp_dir, experiment_id=exp_dir.name)
     return bundle_dir, labels
 
 
-def _prepare_bundle(
-    ctx: Context, *, body: ExperimentCreate, base_row: Experiment | None, exp_dir: Path
-) -> tuple[str, dict[str, str]]:
-    if body.network_arch == NetworkArch.VISTA3D:
-        return prepare_vista3d(ctx, body=body, exp_dir=exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    bundle_dir = exp_dir / "bundle"
-    if body.bundle_url:
-        fetch_bundle(body.bundle_url, bundle_dir, ctx.settings, sha256=body.bundle_sha256)
-    else:
-        assert base_row is not None
-        shutil.copytree(base_row.bundle_dir, bundle_dir, symlinks=False)
-    meta = check_bundle(bundle_dir, realtime=body.realtime_infer)
-    labels = body.model_params.labels or labels_from_metadata(meta)
-    return str(bundle_dir), labels
-
-
-def prepare_vista3d(ctx: Context, *, body: ExperimentCreate, exp_dir: Path) -> tuple[str, dict[str, str]]:
-    """The experiment's own copy of the configured VISTA-3D bundle (weights hard-linked until trained)."""
-    _version, base_labels = catalogue.vista3d_labels()
-    labels = body.model_params.labels or dict(base_labels)
-    if not ctx.settings.vista3d_bundle:
-        if not body.realtime_infer:
-            return "", labels
-        raise Invalid(
-            "VISTA-3D weights are not configured on this server: set MEDCLOUD_VISTA3D_BUNDLE to the URL or "
-            "path of a VISTA-3D bundle in the official layout (zip or folder) and restart medcloud."
-        )
-    from medcloud.inference.vista3d_bundle import ensure_vista3d_bundle
-
-    shared = ensure_vista3d_bundle(ctx.settings)
-    own = exp_dir / "bundle"
-    # Continual learning replaces models/model.pt of this experiment only: link, never share the file.
-    shutil.copytree(shared, own, ignore=shutil.ignore_patterns("model.pt"), dirs_exist_ok=True)
-    (own / "models").mkdir(exist_ok=True)
-    try:
-        os.link(shared / "models" / "model.pt", own / "models" / "model.pt")
-    except OSError:
-        shutil.copyfile(shared / "models" / "model.pt", own / "models" / "model.pt")
-    return str(own), labels
-
-
 def host_spec(row: Experiment, settings: Settings) -> HostSpec:
     params = row.model_params or {}
-    kind = "vista3d" if row.network_arch == NetworkArch.VISTA3D else "bundle"
     return HostSpec(
         experiment_id=row.id,
-        kind=kind,
+        kind=family_of(row.network_arch).name,
         bundle_dir=row.bundle_dir,
         overrides=params.get("override") or {},
         image_key=params.get("image_key", "image"),

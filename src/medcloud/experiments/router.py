@@ -33,6 +33,7 @@ from medcloud.experiments.schemas import (
     InferenceSpecs,
     TrainJob,
 )
+from medcloud.families.registry import family_of
 from medcloud.inference.outputs import multipart_stream
 from medcloud.jobs import service as jobs
 from medcloud.learning import actions as learning
@@ -95,7 +96,7 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
         user_id=caller.user_id,
         name=body.name,
         description=body.description,
-        network_arch=body.network_arch.value,
+        network_arch=str(body.network_arch),
         base_experiment=body.base_experiment,
         train_datasets=body.train_datasets,
         eval_dataset=body.eval_dataset,
@@ -270,6 +271,7 @@ async def _inference(ctx: Context, row: Experiment, job: ExperimentJob) -> Respo
     allow = ctx.settings.allow_expression_overrides
     check_params(specs.bundle_params, "specs.bundle_params", allow_expressions=allow)
     service.check_model_params(row.model_params, allow_expressions=allow)  # a row stored before this check
+    family_of(row.network_arch).check_prompts(dict(specs.bundle_params), (row.model_params or {}).get("labels") or {})
     if specs.dataset_id:
         specs = specs.model_copy(update={"dataset_id": checked_uuid(specs.dataset_id, "Dataset")})
     if not row.realtime_infer:

@@ -8,18 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medcloud.bundles.overrides import forbidden_keys
+from medcloud.families.registry import NETWORK_ARCHS
 from medcloud.timestamps import UtcDatetime
 
-
-class NetworkArch(StrEnum):
-    CUSTOM = "monai_custom"
-    SEGMENTATION = "monai_segmentation"
-    CLASSIFICATION = "monai_classification"
-    ANNOTATION = "monai_annotation"
-    VISTA3D = "monai_vista3d"
-
-
-CUSTOM_ARCHS = {NetworkArch.CUSTOM, NetworkArch.SEGMENTATION, NetworkArch.CLASSIFICATION, NetworkArch.ANNOTATION}
+# One member per network_arch of the family registry (`NetworkArch.VISTA3D == "monai_vista3d"`).
+NetworkArch = StrEnum("NetworkArch", {arch.removeprefix("monai_").upper(): arch for arch in NETWORK_ARCHS})
 
 
 class ExperimentAction(StrEnum):
@@ -106,6 +99,7 @@ class ExperimentOut(BaseModel):
     description: str
     network_arch: str
     version: str | None = None
+    ngc_path: str | None = None  # base experiments: where the service's NGC catalogue keeps the bundle
     base_experiment: list[str]
     train_datasets: list[str]
     eval_dataset: str | None

@@ -18,13 +18,8 @@ from medcloud.errors import Conflict, Invalid
 from medcloud.execution.kinds import EXPERIMENT_ACTIONS
 from medcloud.experiments import catalogue
 from medcloud.experiments.orm import Experiment
-from medcloud.experiments.schemas import (
-    CUSTOM_ARCHS,
-    ExperimentCreate,
-    ExperimentOut,
-    ExperimentPatch,
-    NetworkArch,
-)
+from medcloud.experiments.schemas import ExperimentCreate, ExperimentOut, ExperimentPatch
+from medcloud.families.registry import family_of
 from medcloud.workspaces.orm import Workspace
 
 
@@ -67,13 +62,13 @@ def _uuid(value: str, kind: str) -> str:
 
 
 def check_datasets(session: Session, *, org: str, user_id: str, ids: list[str], arch: str) -> None:
-    """Each referenced dataset exists and is the caller's; VISTA-3D needs segmentation datasets."""
+    """Each referenced dataset exists, is the caller's and is of a type the experiment's family can use."""
+    family = family_of(arch)
     for dataset_id in ids:
         row = session.get(Dataset, dataset_id)
         if row is None or row.org != org or row.user_id != user_id:
             raise Invalid(f"Dataset {dataset_id} does not exist.")
-        if arch == NetworkArch.VISTA3D and row.type != "semantic_segmentation":
-            raise Invalid(f"Dataset {dataset_id} has type {row.type}; monai_vista3d needs semantic_segmentation.")
+        family.check_dataset(dataset_id, row.type)
 
 
 def check_model_params(model_params: Mapping[str, Any] | None, *, allow_expressions: bool) -> None:
@@ -108,21 +103,21 @@ def check_references(session: Session, *, org: str, user_id: str, body: Experime
         ws = session.get(Workspace, body.workspace)
         if ws is None or ws.org != org or ws.user_id != user_id:
             raise Invalid(f"Workspace {body.workspace} does not exist.")
-    base_row = None
+    base_row, public_base = None, False
     for base_id in body.base_experiment:
         public = catalogue.get_base(base_id)
         if public is not None:
             if public.network_arch != body.network_arch:
                 raise Invalid(f"Base experiment {base_id} is {public.network_arch}, not {body.network_arch}.")
+            public_base = True
             continue
         row = session.get(Experiment, base_id)
         if row is None or row.org != org or row.user_id != user_id:
             raise Invalid(f"Base experiment {base_id} does not exist.")
+        if row.network_arch != body.network_arch and family_of(row.network_arch) is not family_of(body.network_arch):
+            raise Invalid(f"Base experiment {base_id} is {row.network_arch}, not {body.network_arch}.")
         base_row = row
-    if body.network_arch in CUSTOM_ARCHS and not body.bundle_url and base_row is None:
-        raise Invalid(f"bundle_url is required for network_arch {body.network_arch.value} without a base experiment.")
-    if body.network_arch == NetworkArch.VISTA3D and not body.base_experiment:
-        raise Invalid('monai_vista3d needs base_experiment: the id of "MONAI VISTA3d" from experiments:base.')
+    family_of(body.network_arch).check_create(body, base_row=base_row, public_base=public_base)
     return base_row
 
 

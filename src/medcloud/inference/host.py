@@ -19,29 +19,18 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from medcloud.bundles.overrides import expressions_allowed
 from medcloud.inference.predictors import Predictor
 
 log = logging.getLogger("medcloud.host")
 
 
 def build_predictor(spec: dict[str, Any]) -> Predictor:
-    """The predictor named by the host spec (`kind`: `bundle` or `vista3d`)."""
+    """The predictor of the model family named by the host spec's `kind` (families/registry.py)."""
+    from medcloud.families.registry import family_named
     from medcloud.inference import nrrd_writer
 
     nrrd_writer.register()
-    if spec["kind"] == "vista3d":
-        from medcloud.inference.vista3d import Vista3dPredictor
-
-        return Vista3dPredictor(Path(spec["bundle_dir"]), labels=spec.get("labels") or {})
-    from medcloud.inference.predictors import BundlePredictor
-
-    return BundlePredictor(
-        Path(spec["bundle_dir"]),
-        spec.get("overrides") or {},
-        spec.get("image_key", "image"),
-        allow_expressions=expressions_allowed(spec),
-    )
+    return family_named(spec["kind"]).predictor(spec)
 
 
 def describe(exc: BaseException) -> str:

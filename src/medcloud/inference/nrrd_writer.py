@@ -27,6 +27,23 @@ def write_raw_nrrd(path: Path | str, volume: np.ndarray, affine: np.ndarray | No
     nrrd.write(str(path), np.ascontiguousarray(volume).astype(dtype, copy=False), header, index_order="F")
 
 
+def nrrd_to_nifti(path: Path) -> Path:
+    """Replace a label NRRD written by `write_raw_nrrd` with a `.nii.gz` of the same voxels and geometry."""
+    import nibabel as nib
+
+    volume, header = nrrd.read(str(path), index_order="F")
+    affine = np.eye(4)
+    if "space directions" in header and "space origin" in header:
+        affine[:3, :3] = np.asarray(header["space directions"], dtype=float).T
+        affine[:3, 3] = np.asarray(header["space origin"], dtype=float)
+    target = path.with_name(path.name.removesuffix(".nrrd") + ".nii.gz")
+    image = nib.Nifti1Image(np.asarray(volume), affine)
+    image.set_data_dtype(volume.dtype)
+    nib.save(image, str(target))
+    path.unlink()
+    return target
+
+
 class RawNrrdWriter(NibabelWriter):
     """NibabelWriter's data and affine handling, written out as raw NRRD."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -14,24 +13,19 @@ from medcloud.config import Settings
 from medcloud.errors import Conflict, Invalid, NotFound
 from medcloud.execution.kinds import kind_of
 from medcloud.experiments.orm import Experiment
-from medcloud.experiments.schemas import CUSTOM_ARCHS, ExperimentJob
+from medcloud.experiments.schemas import ExperimentJob
+from medcloud.families.registry import family_of
 from medcloud.jobs import service as jobs
 from medcloud.jobs.orm import Job
 from medcloud.jobs.states import TERMINAL, JobStatus
 from medcloud.learning.annotation_specs import check_annotation_specs
-from medcloud.paths import child_path
 
 
 def _check_train(experiment: Experiment, specs: dict[str, Any], where: str, *, allow_expressions: bool) -> None:
     check_train_specs(specs, where, allow_expressions=allow_expressions)
     if not experiment.train_datasets:
         raise Invalid("The experiment has no train_datasets to train on.")
-    if experiment.network_arch in CUSTOM_ARCHS:
-        configs = specs.get("config_file") or "configs/train.json"
-        for config in [configs] if isinstance(configs, str) else list(configs):
-            bundle = Path(experiment.bundle_dir)
-            if not child_path(bundle, *Path(config).parts, what="config_file").is_file():
-                raise Invalid(f"The experiment's bundle has no {config} to train with.")
+    family_of(experiment.network_arch).check_train(experiment, specs)
 
 
 def _check_annotation(

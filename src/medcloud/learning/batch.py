@@ -13,7 +13,9 @@ from typing import Any
 from medcloud.bundles.overrides import check_params, expressions_allowed
 from medcloud.errors import Invalid
 from medcloud.experiments.realtime import model_input
+from medcloud.families.registry import family_of
 from medcloud.inference.host import build_predictor
+from medcloud.inference.nrrd_writer import nrrd_to_nifti
 from medcloud.jobs import files
 from medcloud.jobs.spec import JobSpec
 from medcloud.learning.progress import ProgressReporter
@@ -27,19 +29,25 @@ def run_batchinfer(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
     params = check_params(
         spec.specs.get("bundle_params") or {}, "specs.bundle_params", allow_expressions=expressions_allowed(spec.host)
     )
+    family = family_of(spec.network_arch)
     predictor = build_predictor(spec.host)
     predictor.load()
     if spec.weights:
         predictor.swap_weights(Path(spec.weights))
     reporter = ProgressReporter(job_dir, max_epoch=1)
-    predictions = job_dir / files.RESULTS / "predictions"
+    # The family's folder: VISTA-3D's is where the service's notebooks read (vista3d_segmentation_v*/eval).
+    predictions = child_path(job_dir / files.RESULTS, *Path(family.batch_folder()).parts, what="batch folder")
     failed = dict(spec.failed)
     total = len(spec.images) + len(failed)
     for index, image in enumerate(spec.images, start=1):
         try:
             local = sorted(p for p in Path(image["path"]).rglob("*") if p.is_file())
             out_dir = child_path(predictions, image["dir"], what="image folder")  # never outside predictions/
-            predictor.predict(model_input(local, image["id"]), params, out_dir)
+            outputs = predictor.predict(model_input(local, image["id"]), params, out_dir)
+            if family.batch_output_ext == ".nii.gz":
+                for output in outputs:
+                    if output.name.endswith(".nrrd"):
+                        nrrd_to_nifti(output)
         except Exception as exc:  # one unreadable image must not lose the others' results
             log.error("Image %s failed: %s", image["id"], exc)
             failed[image["id"]] = f"{type(exc).__name__}: {exc}"[:500]

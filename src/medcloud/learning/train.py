@@ -139,8 +139,6 @@ def run_train(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
     # The API refused hostile specs before storing the job; a job stored earlier is refused here, before any
     # of them reaches ConfigWorkflow (keys the server owns, expressions unless the operator allows them).
     check_train_specs(spec.specs, "specs", allow_expressions=expressions_allowed(spec.host))
-    if spec.network_arch == "monai_vista3d":
-        from medcloud.learning.vista3d_train import run_vista3d_train
+    from medcloud.families.registry import family_of
 
-        return run_vista3d_train(spec, job_dir)
-    return run_bundle_train(spec, job_dir)
+    return family_of(spec.network_arch).train(spec, job_dir)

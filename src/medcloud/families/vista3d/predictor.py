@@ -2,7 +2,7 @@
 
 Only the bundle's `network_def` is instantiated (the official configs import a `scripts` package);
 preprocessing, prompt rules and post-processing follow the official `configs/inference.json` and
-its evaluator/inferer scripts, reimplemented in `vista3d_prompts` and `vista3d_transforms`.
+its evaluator/inferer scripts, reimplemented in `prompts` and `transforms`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from monai.inferers import SlidingWindowInfererAdapt
 from monai.transforms.utils import keep_components_with_positive_points
 
 from medcloud.errors import Invalid
-from medcloud.inference.nrrd_writer import write_raw_nrrd
-from medcloud.inference.predictors import find_config
-from medcloud.inference.vista3d_cache import DEFAULT_MAX_BYTES, ClickCache, point_window_inference
-from medcloud.inference.vista3d_prompts import Prompt, PromptRules, check_points_inside, parse_prompt
-from medcloud.inference.vista3d_transforms import (
+from medcloud.families.vista3d.cache import DEFAULT_MAX_BYTES, ClickCache, point_window_inference
+from medcloud.families.vista3d.prompts import Prompt, PromptRules, check_points_inside, parse_prompt
+from medcloud.families.vista3d.transforms import (
     PreparedImage,
     PreprocessSettings,
     ensure_connected_components,
@@ -35,7 +33,9 @@ from medcloud.inference.vista3d_transforms import (
     prepare,
     to_original_grid,
 )
-from medcloud.inference.vista3d_window import WindowForward
+from medcloud.families.vista3d.window import WindowForward
+from medcloud.inference.nrrd_writer import write_raw_nrrd
+from medcloud.inference.predictors import find_config
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm")
@@ -123,7 +123,7 @@ class Vista3dPredictor:
         reuse: keep what does not depend on the click (preprocessed image, encoder features, class-head
             logits, whole windows) between requests on the same image and weights; False computes every
             request from scratch with the same code (same output, for tests and comparisons).
-        max_cache_bytes: the bound on what `reuse` keeps besides the preprocessed image (`vista3d_cache`).
+        max_cache_bytes: the bound on what `reuse` keeps besides the preprocessed image (`cache`).
 
     Example:
         >>> predictor = Vista3dPredictor(Path("vista3d"))  # doctest: +SKIP

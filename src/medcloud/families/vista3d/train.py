@@ -8,6 +8,7 @@ and scores the mean Dice on the original grid, so the metric is the one users se
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ import torch
 from monai.losses import DiceLoss
 
 from medcloud.errors import Invalid
-from medcloud.inference.vista3d import Vista3dPredictor
-from medcloud.inference.vista3d_transforms import preprocessing
+from medcloud.families.vista3d.patches import sample_clicks, training_batch
+from medcloud.families.vista3d.predictor import Vista3dPredictor
+from medcloud.families.vista3d.transforms import preprocessing
 from medcloud.jobs.spec import JobSpec
 from medcloud.learning.progress import ProgressReporter
 from medcloud.learning.tracking import Tracker
-from medcloud.learning.vista3d_patches import sample_clicks, training_batch
+
+log = logging.getLogger(__name__)
 
 
 def mean_dice(predictor: Vista3dPredictor, items: list[dict], classes: list[int]) -> float:
@@ -91,6 +94,20 @@ class Vista3dFineTuner:
         return float(np.mean(losses))
 
 
+# Bundle keys a VISTA-3D train job reads, first found wins: they mean what they mean in the official
+# `configs/train.json` (`epochs` feeds `train#trainer#max_epochs` there, `learning_rate` the optimiser).
+EPOCH_KEYS = ("train#trainer#max_epochs", "epochs")
+VAL_INTERVAL_KEYS = ("val_interval", "validate#val_interval")
+LR_KEYS = ("learning_rate", "optimizer#lr")
+OWN_KEYS = frozenset({*EPOCH_KEYS, *VAL_INTERVAL_KEYS, *LR_KEYS, "steps_per_epoch"})
+SERVER_KEYS = frozenset({"finetune", "val_at_start", "tracking", "tracking_uri", "experiment_name", "run_name"})
+
+
+def bundle_value(specs: dict[str, Any], keys: tuple[str, ...], default: Any) -> Any:
+    """The first of `keys` present in `specs`, else `default`."""
+    return next((specs[k] for k in keys if specs.get(k) is not None), default)
+
+
 def run_vista3d_train(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
     specs, labels = dict(spec.specs), spec.labels
     train_items, val_items = spec.train_items, spec.val_items
@@ -102,8 +119,13 @@ def run_vista3d_train(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
     classes = sorted(int(k) for k in labels if int(k) in present)
     if not classes:
         raise Invalid("None of the experiment's labels appear in the labeled images; check the SEG segment names.")
-    epochs, val_interval = int(specs.get("epochs", 5)), max(int(specs.get("val_interval", 1)), 1)
-    tuner = Vista3dFineTuner(predictor, train_items, classes, float(specs.get("learning_rate", 1e-4)), seed=0)
+    epochs = int(bundle_value(specs, EPOCH_KEYS, 5))
+    val_interval = max(int(bundle_value(specs, VAL_INTERVAL_KEYS, 1)), 1)
+    ignored = sorted(k for k in specs if k not in OWN_KEYS | SERVER_KEYS)
+    if ignored:
+        log.warning("VISTA-3D fine-tuning does not use these specs keys: %s", ", ".join(ignored))
+    log.info("Fine-tuning VISTA-3D on classes %s: %d epochs, validation every %d", classes, epochs, val_interval)
+    tuner = Vista3dFineTuner(predictor, train_items, classes, float(bundle_value(specs, LR_KEYS, 1e-4)), seed=0)
     steps = int(specs.get("steps_per_epoch", max(10, 5 * len(train_items))))
     results = job_dir / "results" / "models"
     results.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,9 @@ from monai.losses import DiceLoss
 
 from medcloud.demo.build_cache import build_once
 from medcloud.demo.synthetic import _save_nifti, synthetic_ct_arrays
-from medcloud.experiments.catalogue import vista3d_labels
-from medcloud.inference.vista3d_transforms import PreprocessSettings, preprocessing
-from medcloud.learning.vista3d_patches import sample_clicks, training_batch
+from medcloud.families.vista3d.family import vista3d_labels
+from medcloud.families.vista3d.patches import sample_clicks, training_batch
+from medcloud.families.vista3d.transforms import PreprocessSettings, preprocessing
 
 __all__ = ["SMALL_NETWORK_DEF", "SPLEEN", "ensure_demo_vista3d", "make_vista3d_bundle", "vista3d_inference_config"]
 

@@ -1,6 +1,6 @@
 """What stays warm between VISTA-3D clicks on one series: a byte-bounded cache, and the point-window plan.
 
-Cached (`ClickCache`, see `vista3d_window.WindowForward` for who reads what), per window of the image:
+Cached (`ClickCache`, see `window.WindowForward` for who reads what), per window of the image:
 
 - `auto`: the encoder's class-branch features (what the class head reads);
 - `low`: the point branch's features after the point head's `feat_downsample` (what the rest of the
@@ -10,7 +10,7 @@ Cached (`ClickCache`, see `vista3d_window.WindowForward` for who reads what), pe
   their labels): a window the new click does not touch is not run at all;
 - `pe`: the point head's dense positional encoding for a feature shape (no window);
 - `grid`: for every voxel of the original image, the preprocessed voxel its label comes from (the
-  inverse resampling, `vista3d_transforms.original_grid_index`; no window).
+  inverse resampling, `transforms.original_grid_index`; no window).
 
 Keys. Every entry lives under one *scope*: the image's identity (device, inode, modification time and
 size of its files: `vista3d.image_token`, not the path, which changes per request), the weights'

@@ -10,7 +10,7 @@
 5. `connected_components_combine` of class and point logits (or the point logits alone).
 
 Steps 2 and 3, and the first layers of the point head (`feat_downsample`, which reads only the image
-features), do not depend on the click: they are served from `ClickCache` (`vista3d_cache`, where the
+features), do not depend on the click: they are served from `ClickCache` (`cache`, where the
 keys and the memory bound are described). A window whose class and points are the same as in an
 earlier click is served whole. What a new click pays for is the rest of the point head (the
 two-way transformer and the upscaling) and step 5, in the windows it touches.
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcloud.inference.vista3d_cache import ClickCache, window_key
+from medcloud.families.vista3d.cache import ClickCache, window_key
 
 
 class WindowForward:
