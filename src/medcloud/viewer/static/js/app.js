@@ -13,6 +13,8 @@ import { cssColor, drawLut, labelsOf } from "./palette.js";
 
 const $ = (selector) => document.querySelector(selector);
 const SUPPORTED_ARCHS = ["monai_vista3d", "monai_segmentation", "monai_annotation"];
+// Families that take clicks: VISTA-3D (points + point_labels for one class) and DeepEdit (points by label name).
+const CLICK_ARCHS = ["monai_vista3d", "monai_annotation"];
 const WINDOWS = { soft: [400, 40], lung: [1500, -600], bone: [1800, 400], brain: [80, 40] };
 const TOOLS = ["navigate", "foreground", "background", "brush", "eraser"];
 
@@ -142,7 +144,8 @@ async function chooseExperiment(id) {
   state.labels = labelsOf(experiment);
   state.active = state.labels.length ? state.labels[0].value : null;
   const vista = experiment.network_arch === "monai_vista3d";
-  for (const tool of ["foreground", "background"]) $(`[data-tool=${tool}]`).disabled = !vista;
+  const clickable = CLICK_ARCHS.includes(experiment.network_arch);
+  for (const tool of ["foreground", "background"]) $(`[data-tool=${tool}]`).disabled = !clickable;
   $("#segment-checked").disabled = !vista;
   renderLabels();
   applyLut();
@@ -390,6 +393,17 @@ async function autoSegment(onlyChecked) {
   });
 }
 
+// The clicks of the active label as the experiment's family takes them.
+function clickParams(clicks) {
+  if (state.experiment.network_arch === "monai_annotation") {
+    // DeepEdit: {"<label name>": [[i,j,k], ...], "background": [...]}, as the bundle's label_names define them
+    const label = state.labels.find((l) => l.value === clicks.label);
+    const pick = (wanted) => clicks.points.filter((_, n) => clicks.pointLabels[n] === wanted);
+    return { [label.name]: pick(1), background: pick(0) };
+  }
+  return { label_prompt: [clicks.label], points: clicks.points, point_labels: clicks.pointLabels };
+}
+
 async function click(mm, foreground) {
   if (!state.image || state.active === null) return;
   const voxel = mmToVoxel(state.image.inverse, state.image.sizes, mm);
@@ -400,11 +414,7 @@ async function click(mm, foreground) {
     state.clicks.points.push(voxel);
     state.clicks.pointLabels.push(foreground ? 1 : 0);
     try {
-      await infer({
-        label_prompt: [state.active],
-        points: state.clicks.points,
-        point_labels: state.clicks.pointLabels,
-      }, [state.active], { clicks: previous });
+      await infer(clickParams(state.clicks), [state.active], { clicks: previous });
     } catch (error) {
       state.clicks = previous; // a refused click is not kept
       throw error;
