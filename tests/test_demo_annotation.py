@@ -18,7 +18,7 @@ from helpers import dice, multipart_parts, nrrd_voxels
 from medcloud.config import Settings
 from medcloud.demo.annotation import ANNOTATION_SPECS, DATASET, EVAL_DATASET, EXPERIMENT, LABELS
 from medcloud.demo.ct_dataset import CtVolumes, write_ct_dataset
-from medcloud.demo.setup import with_demo_vista3d
+from medcloud.demo.setup import with_demo_models
 from medcloud.devserver import medcloud_serve
 
 ORG = "iasixjqzw1hj"
@@ -48,11 +48,11 @@ def test_ct_dataset_writer_labeled_unlabeled_lps_and_oblique(tmp_path: Path) -> 
     assert nib.load(oblique.parent / "imagesTr" / "ct_000.nii.gz").header.get_sform(coded=True)[1] == 1
 
 
-def test_an_operators_vista3d_bundle_is_kept(tmp_path: Path) -> None:
+def test_an_operators_bundles_are_kept(tmp_path: Path) -> None:
     import io
 
-    settings = Settings(data_dir=tmp_path, vista3d_bundle="/models/vista3d.zip")
-    assert with_demo_vista3d(settings, io.StringIO()) is settings
+    settings = Settings(data_dir=tmp_path, vista3d_bundle="/models/vista3d.zip", deepedit_bundle="/models/de.zip")
+    assert with_demo_models(settings, io.StringIO()) is settings
     assert not (tmp_path / "demo").exists()
 
 

@@ -39,9 +39,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     startup = []
     if demo:
         from medcloud.demo.annotation import serve_annotation_demo
-        from medcloud.demo.setup import with_demo_vista3d
+        from medcloud.demo.setup import with_demo_models
 
-        settings = with_demo_vista3d(settings, out=sys.stdout)  # unless the operator configured one
+        settings = with_demo_models(settings, out=sys.stdout)  # unless the operator configured one
         startup.append(serve_annotation_demo)
     ctx = Context.build(settings)
     if demo:
@@ -149,9 +149,9 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from medcloud.context import Context
-    from medcloud.demo.setup import prepare_demo, with_demo_vista3d
+    from medcloud.demo.setup import prepare_demo, with_demo_models
 
-    settings = with_demo_vista3d(_settings(args), out=sys.stdout)  # built now, so `serve` finds it cached
+    settings = with_demo_models(_settings(args), out=sys.stdout)  # built now, so `serve` finds it cached
     prepare_demo(Context.build(settings), out=sys.stdout)
     return 0
 

@@ -1,7 +1,7 @@
 """`prepare_demo`: the demo org, user and key, a local demo dataset and demo bundles, ready for guide 000.
 
-`with_demo_vista3d` gives the server the small demo VISTA-3D unless one is configured; the annotation demo
-(datasets, experiment, job) is made once the server runs (`medcloud.demo.annotation.serve_annotation_demo`).
+`with_demo_models` gives the server the small demo VISTA-3D and DeepEdit unless the operator configured
+them; the annotation demo (datasets, experiment, job) is made once the server runs (`medcloud.demo.annotation.serve_annotation_demo`).
 """
 
 from __future__ import annotations
@@ -61,17 +61,24 @@ def _demo_dataset(ctx: Context, user_id: str, root: Path) -> tuple[str, dict[str
         return row.id, image_ids
 
 
-def with_demo_vista3d(settings: Settings, out: TextIO) -> Settings:
-    """`settings` with the small demo VISTA-3D (built once under data/demo/bundles) unless one is configured."""
-    if settings.vista3d_bundle:
-        return settings
-    from medcloud.families.vista3d.demo import ensure_demo_vista3d
+def with_demo_models(settings: Settings, out: TextIO) -> Settings:
+    """`settings` with the small demo VISTA-3D and DeepEdit (built once under data/demo/bundles) where the
+    operator configured none."""
+    update = {}
+    folder = settings.data_dir / "demo" / "bundles"
+    if not settings.vista3d_bundle:
+        from medcloud.families.vista3d.demo import ensure_demo_vista3d
 
-    print(
-        "medcloud demo: preparing the small VISTA-3D (trained once on synthetic CT, then cached)…", file=out, flush=True
-    )
-    bundle = ensure_demo_vista3d(settings.data_dir / "demo" / "bundles")
-    return settings.model_copy(update={"vista3d_bundle": str(bundle)})
+        print("medcloud demo: preparing the small VISTA-3D (trained once on synthetic CT, then cached)…", file=out)
+        out.flush()
+        update["vista3d_bundle"] = str(ensure_demo_vista3d(folder))
+    if not settings.deepedit_bundle:
+        from medcloud.families.deepedit.demo import ensure_demo_deepedit
+
+        print("medcloud demo: preparing the small DeepEdit (trained once on synthetic CT, then cached)…", file=out)
+        out.flush()
+        update["deepedit_bundle"] = str(ensure_demo_deepedit(folder))
+    return settings.model_copy(update=update) if update else settings
 
 
 def prepare_demo(ctx: Context, out: TextIO) -> None:

@@ -100,9 +100,15 @@ class DeepEditFamily(ModelFamily):
         return str(own), body.model_params.labels or labels_of_bundle(own)
 
     def predictor(self, spec: dict[str, Any]) -> Predictor:
+        from medcloud.bundles.overrides import expressions_allowed
         from medcloud.families.deepedit.predictor import DeepEditPredictor
 
-        return DeepEditPredictor(Path(spec["bundle_dir"]), label_names(spec.get("labels") or dict(LABELS)))
+        return DeepEditPredictor(
+            Path(spec["bundle_dir"]),
+            label_names(spec.get("labels") or dict(LABELS)),
+            spec.get("overrides") or {},
+            allow_expressions=expressions_allowed(spec),
+        )
 
     def train(self, spec: JobSpec, job_dir: Path) -> dict[str, Any]:
         from medcloud.learning.train import run_bundle_train
