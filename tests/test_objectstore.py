@@ -501,7 +501,7 @@ def test_filesystems_are_never_shared_between_datasets() -> None:
     second = parse_client_url("s3://bkt/p", "AK2", "SK2", endpoint_url="http://127.0.0.1:9")
     assert first.filesystem() is not second.filesystem()
     assert first.filesystem() is not first.filesystem()
-    assert isinstance(parse_client_url("gs://bkt/p", None, None).filesystem(), gcsfs.GCSFileSystem)
+    assert isinstance(parse_client_url("gs://bkt/p", None, None).filesystem(), gcsfs.core.GCSFileSystem)
 
 
 @pytest.mark.parametrize(

@@ -32,13 +32,40 @@ class DatasetInput:
     notified_labels: dict[str, list[str]] = field(default_factory=dict)
 
 
+RESULTS_LAYOUTS = ("results", "ngc")
+
+
 @dataclass
 class ResultsTarget:
-    """Where `results/` is uploaded: a `workspaces.storage.location(...)` call's arguments."""
+    """Where `results/` is uploaded: a `workspaces.storage.location(...)` call's arguments, and the layout.
+
+    `layout` (the server's `results_layout`) names the job's folder in the bucket: `results` puts it at
+    `results/{job_id}/` (the seed guide's layout), `ngc` at `shared/orgs/{org}/users/{user_id}/jobs/{job_id}/`
+    (where the hosted service's notebooks read), with the experiment owner's org and user id.
+    """
 
     cloud_type: str
     details: dict[str, Any]
     secrets: dict[str, Any]
+    layout: str = "results"
+    org: str = ""
+    user_id: str = ""
+
+    def folder(self, job_id: str) -> str:
+        """The job's results folder relative to the bucket root, without slashes at either end.
+
+        >>> ResultsTarget("aws", {}, {}, layout="ngc", org="acme", user_id="u1").folder("j1")
+        'shared/orgs/acme/users/u1/jobs/j1'
+        """
+        if self.layout == "results":
+            parts = ["results", job_id]
+        elif self.layout == "ngc":
+            parts = ["shared", "orgs", self.org, "users", self.user_id, "jobs", job_id]
+        else:
+            raise ValueError(f"unknown results layout {self.layout!r} (one of {', '.join(RESULTS_LAYOUTS)})")
+        if any(not part or "/" in part or part in (".", "..") for part in parts):
+            raise ValueError(f"a results folder needs plain names, not {'/'.join(parts)!r}")
+        return "/".join(parts)
 
 
 @dataclass

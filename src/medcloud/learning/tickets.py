@@ -39,6 +39,7 @@ WORKER_SETTINGS = (
     "dataset_allow_local_paths",
     "aws_endpoint_url",
     "azure_blob_endpoint",
+    "gcs_endpoint",
 )
 
 
@@ -69,14 +70,17 @@ def dataset_input(ctx: Context, session: Any, dataset_id: str | None, *, with_no
 
 
 def _results_target(ctx: Context, session: Any, experiment: Experiment) -> ResultsTarget | None:
+    """The experiment's workspace (or inline storage) and the folder layout the server's settings choose."""
+    where = {"layout": ctx.settings.results_layout, "org": experiment.org, "user_id": experiment.user_id}
     if experiment.workspace:
         row = session.get(Workspace, experiment.workspace)
         if row is None:
             return None
-        return ResultsTarget(row.cloud_type, dict(row.details), ctx.box.open(row.sealed_secrets))
+        return ResultsTarget(row.cloud_type, dict(row.details), ctx.box.open(row.sealed_secrets), **where)
     details = experiment.cloud_details or {}
     if details.get("cloud_type") and details.get("cloud_bucket_name"):
-        return ResultsTarget(details["cloud_type"], dict(details), ctx.box.open(experiment.sealed_cloud_secrets))
+        secrets = ctx.box.open(experiment.sealed_cloud_secrets)
+        return ResultsTarget(details["cloud_type"], dict(details), secrets, **where)
     return None
 
 

@@ -1,6 +1,9 @@
-"""Copying a job's results (checkpoints, configs, logs) to `{bucket}/results/{job_id}/` of its workspace.
+"""Copying a job's results (checkpoints, configs, logs) to the job's folder in its workspace bucket.
 
-Runs in the worker, with the workspace's location and credentials from the ticket (`ResultsTarget`).
+The folder follows the server's `results_layout`, carried in the ticket (`ResultsTarget.folder`):
+`{bucket}/results/{job_id}/` (the seed guide's, the default) or
+`{bucket}/shared/orgs/{org}/users/{user_id}/jobs/{job_id}/` (where the hosted service's notebooks read).
+Runs in the worker, with the workspace's location and credentials from the ticket.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def upload_results(settings: Settings, *, job_id: str, target: ResultsTarget | N
     if target is None:
         return None
     location = storage.location(target.cloud_type, dict(target.details), dict(target.secrets), settings)
-    remote = f"{location.root.rstrip('/')}/results/{job_id}"
+    remote = f"{location.root.rstrip('/')}/{target.folder(job_id)}"
     fs = location.filesystem()
     with storage_errors(location):
         for path in regular_files(results):

@@ -3,13 +3,19 @@
 URL forms: `s3://bucket/prefix`, `https://<bucket>.s3[.<region>].amazonaws.com/prefix`,
 `https://<account>.blob.core.windows.net/<container>/prefix`, `gs://bucket/prefix`, a local path or
 `file://` URL, and self-hosted endpoints `http(s)://host:port/...`: Azure (Azurite's path style) when
-the first path segment equals `client_id` (the account), otherwise S3 path style (MinIO, moto).
+the first path segment equals `client_id` (the account), GCS (an emulator or a GCS-compatible store,
+`http://host:port/<bucket>/prefix`) when `client_secret` is a service-account JSON key, otherwise S3
+path style (MinIO, moto).
+
+GCS credentials are a service-account key: the JSON key file's content as `client_secret` (datasets)
+or `credentials` (workspaces). gcsfs signs its token requests with it; it is never shown or logged.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 import posixpath
@@ -33,6 +39,7 @@ MAX_MANIFEST_BYTES = 256 * 1024**2
 _SECRET_OPTIONS = {"key", "secret", "account_key", "sas_token", "connection_string", "token", "credential"}
 _S3_HOST = re.compile(r"^(?:(?P<bucket>.+)\.)?s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com(?:\.cn)?$")
 _AZURE_HOST = re.compile(r"^(?P<account>[a-z0-9]+)\.blob\.core\.windows\.net$")
+_GCS_SCOPE = "https://www.googleapis.com/auth/devstorage.full_control"  # what gcsfs asks for with access="full_control"
 _GCS_HOST = re.compile(r"^(?:(?P<bucket>.+)\.)?storage\.googleapis\.com$")
 
 
@@ -58,7 +65,10 @@ class StoreLocation:
 
     def filesystem(self) -> fsspec.AbstractFileSystem:
         """A fresh filesystem for this location (never shared with another dataset), failing fast."""
-        fs = fsspec.filesystem(self.protocol, **self.storage_options)
+        if self.protocol == "gcs":
+            fs = _gcs_filesystem(self)
+        else:
+            fs = fsspec.filesystem(self.protocol, **self.storage_options)
         if self.protocol in ("s3", "gcs"):
             fs.retries = 2  # s3fs/gcsfs own retry loops (class default 5-6)
         if self.protocol == "abfs":  # adlfs takes no retry settings: the SDK default backs off for a minute
@@ -103,7 +113,7 @@ class StoreLocation:
                 values += [v for v in value.values() if isinstance(v, str) and len(v) > 16]
             elif key == "connection_string":
                 values += re.findall(r"(?:AccountKey|SharedAccessSignature)=([^;]+)", value)
-            elif isinstance(value, str):
+            elif isinstance(value, str) and not (key == "token" and value == "anon"):  # gcsfs's "no credentials"
                 values.append(value)
         return [v for v in values if v]
 
@@ -176,6 +186,8 @@ def _parse_http(parts: Any, cid: str | None, secret: str | None, display: str) -
     first, _, rest = path.partition("/")
     if cid and first == cid:
         return _azure(rest, cid, secret, f"{base}/{first}", parts.query, display)
+    if _is_service_account_key(secret):
+        return _gcs(path, secret, base, display)
     return _s3(path, cid, secret, base, None, display)
 
 
@@ -221,15 +233,92 @@ def _azure(path: str, account: str, secret: str | None, endpoint: str, query: st
     return _Parsed("abfs", options, path, f"azure:{endpoint}", display)
 
 
-def _gcs(path: str, secret: str | None, endpoint: str | None, display: str) -> _Parsed:
-    token: Any = "anon"
-    if secret:
+def _is_service_account_key(secret: str | None) -> bool:
+    """Whether `secret` is the content of a Google service-account JSON key file."""
+    if not secret or not secret.lstrip().startswith("{"):
+        return False
+    try:
+        info = json.loads(secret)
+    except ValueError:
+        return False
+    return isinstance(info, dict) and info.get("type") == "service_account"
+
+
+def _gcs_token(secret: str | None) -> Any:
+    """gcsfs's `token`: "anon" without credentials, else the key file's JSON as a dict."""
+    if not secret:
+        return "anon"
+    invalid = Invalid(
+        "The client_secret for a Google Cloud Storage dataset must be a service-account JSON key (the key file's content)."
+    )
+    try:
+        token = json.loads(secret)
+    except ValueError:
+        raise invalid from None
+    if not isinstance(token, dict) or "type" not in token:
+        raise invalid
+    return token
+
+
+def _gcs_filesystem(location: StoreLocation) -> fsspec.AbstractFileSystem:
+    """gcsfs's JSON-API filesystem; a service-account key is turned into a token here, once, or refused.
+
+    `gcsfs.core.GCSFileSystem`, not `gcsfs.GCSFileSystem`: since 2026 the latter is by default an
+    experimental subclass that asks each bucket's storage layout over gRPC first — a 60 s wait on an
+    offline machine or against an emulator, for every dataset opened. The key's first token is asked
+    for here because gcsfs retries a refused key as if its token had expired (six tries, about 30 s)
+    and, when google-auth cannot read a key, silently falls back to another credential type and fails
+    with a bare `KeyError`. Messages name the store, never the key.
+    """
+    from gcsfs.core import GCSFileSystem
+
+    options = dict(location.storage_options)
+    token = options.get("token")
+    if isinstance(token, dict) and token.get("type") == "service_account":
+        options["token"] = _service_account_credentials(token, location)
+    return GCSFileSystem(**options)
+
+
+def _service_account_credentials(info: dict[str, Any], location: StoreLocation) -> Any:
+    """google-auth credentials for a service-account key, with a fresh token; `Invalid` when refused."""
+    import google.auth.exceptions
+    import requests
+    from google.auth.transport.requests import Request
+    from google.oauth2 import service_account
+
+    missing = [k for k in ("client_email", "private_key", "token_uri") if not isinstance(info.get(k), str)]
+    if missing:
+        raise Invalid(f"The service-account key for {location.url} lacks {', '.join(missing)}.")
+    try:
+        credentials = service_account.Credentials.from_service_account_info(info, scopes=[_GCS_SCOPE])
+    except (ValueError, TypeError, KeyError):
+        raise Invalid(f"The service-account key for {location.url} has no valid PEM private_key.") from None
+    with requests.Session() as session:
+        session.request = functools.partial(session.request, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))  # type: ignore[method-assign]
         try:
-            token = json.loads(secret)
-        except ValueError:
-            token = None
-        if not isinstance(token, dict) or "type" not in token:
-            raise Invalid("The client_secret for a Google Cloud Storage dataset must be a service-account JSON key.")
+            credentials.refresh(Request(session))
+        except google.auth.exceptions.RefreshError as exc:
+            raise Invalid(
+                f"The storage credentials were rejected by {location.url}: {_scrub(exc, location)}."
+            ) from None
+        except google.auth.exceptions.TransportError as exc:
+            raise Invalid(
+                f"Could not reach the token_uri of the credentials for {location.url}: {_scrub(exc, location)}."
+            ) from None
+    return credentials
+
+
+def _scrub(exc: BaseException, location: StoreLocation) -> str:
+    """The first line of an auth error, without any secret of `location`."""
+    text = (str(exc.args[0] if exc.args else exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    for secret in location.secrets():
+        if len(secret) >= 6:
+            text = text.replace(secret, "***")
+    return text.rstrip(".") or type(exc).__name__
+
+
+def _gcs(path: str, secret: str | None, endpoint: str | None, display: str) -> _Parsed:
+    token = _gcs_token(secret)
     options = {"token": token, "skip_instance_cache": True, "requests_timeout": READ_TIMEOUT_S}
     if endpoint:
         options["endpoint_url"] = endpoint

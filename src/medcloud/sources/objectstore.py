@@ -63,13 +63,16 @@ def _classify(exc: BaseException) -> str | None:
     """ "missing", "auth", "unreachable" or None, from the exception's class names and status."""
     names = {cls.__name__ for cls in type(exc).__mro__}
     status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    if "HttpError" in names and isinstance(getattr(exc, "code", None), int):
+        status = exc.code  # type: ignore[attr-defined]  # gcsfs: a refused key or token is HttpError(401)
     response = getattr(exc, "response", None) if "ClientError" in names else None  # botocore's dict
     code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
     if names & {"ResourceNotFoundError", "NoSuchKey", "NoSuchBucket"} or status == 404:
         return "missing"
     if (
         isinstance(exc, PermissionError)
-        or "ClientAuthenticationError" in names
+        or names & {"ClientAuthenticationError", "RefreshError"}
+        or (type(exc) is OSError and str(exc).startswith("Forbidden:"))  # gcsfs's 403
         or status in (401, 403)
         or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
     ):

@@ -23,6 +23,8 @@ def default_endpoint(cloud_type: str, details: dict, settings: Settings) -> str 
         return settings.aws_endpoint_url
     if cloud_type == CloudType.AZURE and settings.azure_blob_endpoint:
         return settings.azure_blob_endpoint.format(account=details.get("account_name") or "")
+    if cloud_type == CloudType.GCP:
+        return settings.gcs_endpoint
     return None
 
 
@@ -32,6 +34,8 @@ def workspace_url(cloud_type: str, details: dict) -> str:
     endpoint = (details.get("endpoint_url") or "").rstrip("/")
     if cloud_type == CloudType.LOCAL:
         return bucket if bucket.startswith("/") else "/" + bucket
+    if cloud_type == CloudType.GCP:  # its endpoint goes to `parse_client_url` apart: http://host/bucket reads as S3
+        return f"gs://{bucket}"
     if endpoint:
         return f"{endpoint}/{bucket}"
     if cloud_type == CloudType.AWS:
@@ -52,6 +56,9 @@ def location(cloud_type: str, details: dict, secrets: dict, settings: Settings) 
         client_id, client_secret = details.get("account_name"), secrets.get("access_key")
     elif cloud_type == CloudType.GCP:
         client_id, client_secret = None, secrets.get("credentials")
+        return objectstore.parse_client_url(
+            workspace_url(cloud_type, details), None, client_secret, endpoint_url=details["endpoint_url"]
+        )
     else:
         client_id, client_secret = secrets.get("access_key"), secrets.get("secret_key")
     if cloud_type == CloudType.AZURE and not client_id:
