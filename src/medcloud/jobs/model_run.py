@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,23 @@ from medcloud.jobs.spec import MODEL_RESULT, SPEC, JobSpec
 from medcloud.logs import setup_job_logging
 
 log = logging.getLogger("medcloud.model_run")
+# multiprocessing puts its AF_UNIX sockets (torch's DataLoader workers hand tensors over one) at
+# `$TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX`, and a socket path holds at most 107 bytes: under a deep job
+# folder every worker's batch fails to bind and the trainer waits forever (the zoo's spleen bundle, 4 workers).
+SOCKET_PATH_MAX = 107
+MP_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def short_temp_dir() -> Path | None:
+    """Point TMPDIR (and `tempfile`) at a private folder in /tmp when the sandbox's is too long for sockets.
+
+    Returns the folder made (the caller removes it), or None when the given TMPDIR is short enough.
+    """
+    if len(os.fsencode(tempfile.gettempdir())) + MP_SOCKET_SUFFIX <= SOCKET_PATH_MAX:
+        return None
+    short = Path(tempfile.mkdtemp(prefix="medcloud-job-", dir="/tmp"))  # 0700, this process's uid only
+    os.environ["TMPDIR"] = tempfile.tempdir = str(short)
+    return short
 
 
 def run(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
@@ -37,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_job_logging()  # stdout is the job's log; storage clients' request and header dumps kept out
     spec = JobSpec.read(args.job_dir / SPEC)
-    outcome = files.outcome_of(lambda: {"status": "Done", "result": run(spec, args.job_dir)}, log)
+    temp = short_temp_dir()
+    try:
+        outcome = files.outcome_of(lambda: {"status": "Done", "result": run(spec, args.job_dir)}, log)
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
     files.write_json(args.job_dir / MODEL_RESULT, outcome)
     return 0 if outcome["status"] == "Done" else 1
 
