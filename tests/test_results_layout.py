@@ -62,5 +62,6 @@ def test_train_checkpoint_lands_under_the_chosen_layout(tmp_path, s3_server, loc
     folder = f"results/{job_id}" if layout == "results" else f"shared/orgs/acme/users/{user_id}/jobs/{job_id}"
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert f"{folder}/models/model.pt" in keys and f"{folder}/logs.txt" in keys
+    assert done["result"]["results_folder"] == f"s3://{bucket}/{folder}"  # the job says where they went
     assert all(key.startswith(f"{folder}/") for key in keys), keys  # nothing anywhere else
     assert client.get_object(Bucket=bucket, Key=f"{folder}/models/model.pt")["Body"].read() == checkpoint

@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         if ticket.job_id != args.job_id:
             raise ValueError(f"the ticket is for job {ticket.job_id}")
     except (OSError, ValueError, TypeError) as exc:
-        files.write_json(directory / files.OUTCOME, {"status": "Error", "message": f"The job's ticket is unreadable: {exc}"})
+        files.write_json(
+            directory / files.OUTCOME, {"status": "Error", "message": f"The job's ticket is unreadable: {exc}"}
+        )
         return 1
     from medcloud.learning.staging import WorkerContext
     from medcloud.learning.upload import upload_results
@@ -96,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = WorkerContext.from_ticket(ticket, directory)
     outcome = files.outcome_of(lambda: run_job(ctx, ticket, directory), log)
     try:
-        upload_results(ctx.settings, job_id=ticket.job_id, target=ticket.results, job_dir=directory)
+        remote = upload_results(ctx.settings, job_id=ticket.job_id, target=ticket.results, job_dir=directory)
+        if remote and outcome.get("status") == "Done":
+            outcome["result"]["results_folder"] = remote  # where the workspace holds them (MEDCLOUD_RESULTS_LAYOUT)
     except Exception as exc:
         log.error("Uploading the results failed: %s", exc)
         outcome = {"status": "Error", "message": f"Training finished but uploading the results failed: {exc}"}

@@ -18,9 +18,12 @@ from medcloud.jobs.ticket import ResultsTarget
 from medcloud.sources.objectstore import storage_errors
 from medcloud.workspaces import storage
 
+URL_SCHEMES = {"s3": "s3", "abfs": "az", "gcs": "gs"}  # fsspec protocol → the URL scheme users write
+
 
 def upload_results(settings: Settings, *, job_id: str, target: ResultsTarget | None, job_dir: Path) -> str | None:
-    """Upload `results/` (with the log copied in); return the remote folder, or None without a workspace."""
+    """Upload `results/` (with the log copied in); return the remote folder as a URL (`s3://bucket/...`,
+    `az://container/...`, `gs://bucket/...`), or None without a workspace."""
     results = job_dir / files.RESULTS
     results.mkdir(parents=True, exist_ok=True)
     # The model process owned these folders: copy and upload regular files only, never through a link.
@@ -36,4 +39,5 @@ def upload_results(settings: Settings, *, job_id: str, target: ResultsTarget | N
             target_path = f"{remote}/{path.relative_to(results).as_posix()}"
             with open_regular(path, results) as src, fs.open(target_path, "wb") as dst:
                 shutil.copyfileobj(src, dst, 8 << 20)
-    return remote
+    scheme = URL_SCHEMES.get(location.protocol)
+    return f"{scheme}://{remote}" if scheme else remote
