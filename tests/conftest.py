@@ -138,3 +138,11 @@ def vista_bundle() -> Path:
     from medcloud.families.vista3d.demo import ensure_demo_vista3d
 
     return ensure_demo_vista3d(BUNDLE_CACHE)
+
+
+@pytest.fixture(scope="session")
+def deepedit_bundle() -> Path:
+    """The small DeepEdit trained on synthetic CT (bright blobs = spleen): the demo's own, built once."""
+    from medcloud.families.deepedit.demo import ensure_demo_deepedit
+
+    return ensure_demo_deepedit(BUNDLE_CACHE)
