@@ -145,7 +145,7 @@ def test_a_train_job_improves_a_weak_model(api, tmp_path):
     trained weights beats the weak ones on held-out volumes (NIfTI outputs, read from the download)."""
     from conftest import make_api
 
-    weak = make_deepedit_bundle(tmp_path / "weak", train=True, steps=5, volumes=4)
+    weak = make_deepedit_bundle(tmp_path / "weak", train=True, steps=20, volumes=4)
     with make_api(tmp_path / "data2", deepedit_bundle=str(weak)) as api2:
         train_ds = volume_dataset(api2, tmp_path / "train", {f"t{i}": deepedit_ct_volume(100 + i) for i in range(6)})
         held = {f"h{i}": deepedit_ct_volume(200 + i) for i in range(2)}
@@ -181,4 +181,5 @@ def test_a_train_job_improves_a_weak_model(api, tmp_path):
         assert train["status"] == "Done", train["result"]
         assert train["result"]["max_epoch"] == 8 and train["result"]["key_metric"] > 0
         after = batch_dice({"train_job_id": train["id"]})
-        assert after > before + 0.1 and after > 0.5, (before, after)
+        print(f"DeepEdit held-out Dice before {before:.3f}, after the train job {after:.3f}")
+        assert after > before + 0.05 and after > 0.7, (before, after)  # measured: 0.67 → 0.82

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,10 @@ def run_bundle_train(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
         specs, bundle=bundle, results=results, job_id=spec.job_id, train_items=train_items, val_items=val_items
     )
     started = time.perf_counter()
+    if (bundle / "scripts").is_dir():
+        # The bundle's own code (`$scripts.score_function`, `scripts.transforms...`), as `monai.bundle run`
+        # finds it when started from the bundle's folder.
+        sys.path.insert(0, str(bundle))
     workflow = _workflow(specs, bundle, overrides)
     workflow.initialize()
     log.info("Bundle workflow initialised in %.1f s", time.perf_counter() - started)
