@@ -183,3 +183,43 @@ def test_a_train_job_improves_a_weak_model(api, tmp_path):
         after = batch_dice({"train_job_id": train["id"]})
         print(f"DeepEdit held-out Dice before {before:.3f}, after the train job {after:.3f}")
         assert after > before + 0.05 and after > 0.7, (before, after)  # measured: 0.67 → 0.82
+
+
+def test_continual_learning_on_dicomweb(tmp_path, empty_orthanc):
+    """An annotation job on a DICOMweb dataset: a SEG stored in Orthanc + notify start a round on the
+    official train.json; the round ends Done and the real-time host serves the fine-tuned weights."""
+    from conftest import make_api
+    from dicom_data import store_ct, store_seg
+    from test_annotation import SHAPE, annotate_round, dataset_for, held_out_dice
+
+    weak = make_deepedit_bundle(tmp_path / "weak", train=True, steps=20, volumes=4)
+    with make_api(tmp_path / "data", deepedit_bundle=str(weak)) as api:
+        train_series = store_ct(empty_orthanc, seed=41, shape=SHAPE, patient_id="TRAIN")
+        eval_series = store_ct(empty_orthanc, seed=51, shape=SHAPE, patient_id="EVAL")
+        held = store_ct(empty_orthanc, seed=61, shape=SHAPE, patient_id="HELD")
+        store_seg(empty_orthanc, eval_series, SPLEEN)
+        train_ds, eval_ds, held_ds = (dataset_for(api, empty_orthanc, p) for p in ("TRAIN", "EVAL", "HELD"))
+        exp = deepedit_experiment(api, train_ds, eval_dataset=eval_ds, inference_dataset=held_ds)
+        dice_before = held_out_dice(api, exp, held_ds, held)
+        resp = api.post(
+            f"experiments/{exp['id']}/jobs",
+            json={
+                "action": "annotation",
+                "specs": {
+                    "round_size": 1,
+                    "stop_criteria": {"max_rounds": 1},
+                    "train_spec": {"train#trainer#max_epochs": 10, "val_interval": 1, "optimizer#lr": 0.005},
+                },
+            },
+        )
+        assert resp.status_code == 201, resp.text
+        cl_job = resp.json()
+        assert wait_status(api, exp, cl_job, {"Running"}, timeout=10)["status"] == "Running"
+        round_ = annotate_round(api, empty_orthanc, exp, cl_job, train_ds, train_series, labels=SPLEEN)
+        assert round_["status"] == "Done", round_["result"]
+        assert round_["result"]["key_metric"] > round_["result"]["start_key_metric"], round_["result"]
+        done = wait_status(api, exp, cl_job, {"Done", "Error"}, timeout=60)
+        assert done["status"] == "Done" and done["result"]["round"] == 1
+        dice_after = held_out_dice(api, exp, held_ds, held)
+        print(f"DeepEdit continual learning on DICOMweb: held-out Dice {dice_before:.3f} → {dice_after:.3f}")
+        assert dice_after > dice_before + 0.05, (dice_before, dice_after)
