@@ -70,7 +70,7 @@ SHAPE = (48, 48, 40)
 TRAIN_SEEDS_FROM = 2_000_000  # the demo's training volumes; smaller seeds are held out for tests
 ORGAN_HU, AMBIGUOUS_HU, BODY_HU, AIR_HU, NOISE_HU = 140.0, 45.0, 0.0, -800.0, 12.0
 # Bump when the files, the network, the synthetic task or the training change, so old caches are not reused.
-_CACHE_KEY = "demo-deepedit-v2"
+_CACHE_KEY = "demo-deepedit-v4"
 
 
 # ---------------------------------------------------------------- the bundle
@@ -206,14 +206,15 @@ def deepedit_ct_volume(
 def sample_clicks(volume: DeepEditVolume, rs: np.random.RandomState) -> tuple[dict[str, list[list[int]]], set[int]]:
     """Simulated clicks on one volume and the blobs the answer should then hold.
 
-    About a third automatic (no clicks); otherwise a "spleen" click adds an ambiguous blob or a "background"
-    click removes a bright one, sometimes both, with confirming clicks (a kept blob, the body) now and then.
+    Two in five automatic (no clicks); otherwise a "spleen" click adds an ambiguous blob or a "background"
+    click removes a bright one, sometimes both, with confirming clicks (a kept blob, the body, the rim just
+    outside a kept blob, where DeepEdit's own simulated clicks in `train.json` land) now and then.
     """
     target, clicks = set(volume.organs), {"spleen": [], "background": []}
     u = rs.rand()
-    if u < 0.3:
+    if u < 0.4:
         return {}, target
-    flips = [("spleen", rs.choice(volume.ambiguous))] if u < 0.65 or not volume.organs else []
+    flips = [("spleen", rs.choice(volume.ambiguous))] if u < 0.7 or not volume.organs else []
     if not flips or rs.rand() < 0.25:
         flips.append(("background", rs.choice(volume.organs)))
     for name, blob in flips:
@@ -225,6 +226,11 @@ def sample_clicks(volume: DeepEditVolume, rs: np.random.RandomState) -> tuple[di
     if rs.rand() < 0.3:
         free = np.argwhere((volume.components == 0) & (volume.image > -200))
         clicks["background"].append([int(v) for v in free[rs.randint(len(free))]])
+    kept = sorted(target & set(volume.organs))
+    if kept and rs.rand() < 0.35:  # DeepEdit's own simulated clicks fix boundaries: one just outside keeps the blob
+        blob = volume.components == int(rs.choice(kept))
+        rim = np.argwhere(ndimage.binary_dilation(blob, iterations=2) & (volume.components == 0))
+        clicks["background"].append([int(v) for v in rim[rs.randint(len(rim))]])
     return {k: v for k, v in clicks.items() if v}, target
 
 
