@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -159,3 +160,42 @@ def test_swap_weights_changes_the_answer(predictor: DeepEditPredictor, deepedit_
         predictor.swap_weights(deepedit_bundle / "models" / "model.pt")
     again, _ = _segment(predictor, image, {}, tmp_path / "again")
     np.testing.assert_array_equal(again, trained)
+
+
+def test_the_official_train_json_trains_through_the_bundle_train_path(deepedit_bundle: Path, tmp_path: Path) -> None:
+    """`run_bundle_train` (ConfigWorkflow on configs/train.json, DeepEdit's simulated clicks), bundle root importable."""
+    import shutil
+
+    from medcloud.families.deepedit.predictor import bundle_scripts_importable
+    from medcloud.jobs.spec import JobSpec
+    from medcloud.learning.train import run_bundle_train
+
+    bundle = Path(shutil.copytree(deepedit_bundle, tmp_path / "bundle"))
+    items = []
+    for seed in (21, 22, 23):
+        volume = deepedit_ct_volume(seed)
+        image = volume.save(tmp_path / f"ct{seed}.nii.gz", tmp_path / f"label{seed}.nii.gz")
+        items.append({"image": str(image), "label": str(tmp_path / f"label{seed}.nii.gz")})
+    saved_path, saved_modules = list(sys.path), {k: v for k, v in sys.modules.items() if k.split(".")[0] == "scripts"}
+    bundle_scripts_importable(bundle)  # train.json has "$import scripts" and "$scripts.score_function"
+    spec = JobSpec(
+        job_id="j1",
+        action="train",
+        experiment_id="e1",
+        network_arch="monai_annotation",
+        bundle_dir=str(bundle),
+        specs={"epochs": 2, "finetune": True, "val_at_start": True},
+        labels={"1": "spleen"},
+        train_items=items[:2],
+        val_items=items[2:],
+    )
+    try:
+        result = run_bundle_train(spec, tmp_path / "job")
+    finally:
+        sys.path[:] = saved_path
+        for name in [k for k in sys.modules if k.split(".")[0] == "scripts"]:
+            del sys.modules[name]
+        sys.modules.update(saved_modules)
+    assert result["max_epoch"] == 2
+    assert 0.0 < result["start_key_metric"] <= result["key_metric"] <= 1.0
+    assert (tmp_path / "job" / "results" / "models" / "model.pt").is_file()
