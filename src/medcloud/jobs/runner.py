@@ -42,7 +42,9 @@ GONE = "The job's process is gone (the server or the machine restarted while it 
 class Scheduler:
     """Submits Pending backend jobs up to `max_parallel` at once and watches the running ones."""
 
-    def __init__(self, ctx: Context, backend: JobBackend, *, max_parallel: int, on_ended: JobEnded | None = None) -> None:
+    def __init__(
+        self, ctx: Context, backend: JobBackend, *, max_parallel: int, on_ended: JobEnded | None = None
+    ) -> None:
         self.ctx = ctx
         self.backend = backend
         backend.on_exit = self.wake  # a local worker's exit wakes the scheduler at once
