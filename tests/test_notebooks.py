@@ -40,6 +40,8 @@ ORG = "iasixjqzw1hj"  # the notebooks' default org
 DATA = "nbdata"  # the container of the datasets' manifests and images
 BUCKET = "nbresults"  # the experiments' workspace (`cs_bucket`)
 SMALL = CtVolumes(shape=(64, 64, 64), rad_min=12, rad_max=18)
+# The zoo's spleen train.json crops 96³ patches (RandCropByPosNegLabeld) after resampling to 1.5x1.5x2 mm.
+ZOO = CtVolumes(shape=(96, 96, 96), rad_min=12, rad_max=18)
 SPLEEN = 3  # the small demo VISTA-3D's class
 JOB_TIMEOUT_S = 300
 
@@ -101,14 +103,16 @@ class Session:
     user_id: str
 
 
-def write_data(root: Path, *, n_labeled: int, n_unlabeled: int, label_value: int, seed_from: int) -> Path:
+def write_data(
+    root: Path, *, n_labeled: int, n_unlabeled: int, label_value: int, seed_from: int, volumes: CtVolumes = SMALL
+) -> Path:
     """Images and masks of every volume; the manifest lists labels of the first `n_labeled` only.
 
     The masks of the unlabeled ones go to `root/truth/` (not uploaded): what the content checks compare with.
     """
     data_root = root / "data"
     write_ct_dataset(
-        data_root, n_labeled=n_labeled + n_unlabeled, n_unlabeled=0, volumes=SMALL, seed_from=seed_from,
+        data_root, n_labeled=n_labeled + n_unlabeled, n_unlabeled=0, volumes=volumes, seed_from=seed_from,
         label_value=label_value, prefix=root.name,
     )  # fmt: skip
     manifest = json.loads((data_root / "manifest.json").read_text())
@@ -137,6 +141,7 @@ DATASETS = {  # name: (labeled, unlabeled, label value, first seed)
     "annotate": (1, 2, SPLEEN, 9400),
     "spleen": (3, 0, 1, 9500),  # spleen_ct_segmentation: 2 output channels, labels 0/1
 }
+VOLUMES = {"spleen": ZOO}
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +150,10 @@ def data(azurite, tmp_path_factory) -> dict[str, Data]:
     for name, (labeled, unlabeled, value, seed) in DATASETS.items():
         root = tmp_path_factory.mktemp(name) / name
         root.mkdir()
-        data_root = write_data(root, n_labeled=labeled, n_unlabeled=unlabeled, label_value=value, seed_from=seed)
+        data_root = write_data(
+            root, n_labeled=labeled, n_unlabeled=unlabeled, label_value=value, seed_from=seed,
+            volumes=VOLUMES.get(name, SMALL),
+        )  # fmt: skip
         upload_folder_to_azure(azurite, data_root, DATA, name)
         entries = json.loads((data_root / "manifest.json").read_text())["data"]
         out[name] = Data(f"{azurite.endpoint}/{DATA}/{name}/manifest.json", data_root, entries, truth_of(root, entries))
