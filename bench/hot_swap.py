@@ -54,7 +54,7 @@ async def run(count: int) -> None:
             torch.save(perturbed, work / f"round{i}.pt")
             weights.append(work / f"round{i}.pt")
         hosts = HostManager(Settings(data_dir=work, model_sandbox="off").resolved())
-        spec = HostSpec(experiment_id="bench", kind="bundle", bundle_dir=str(bundle))
+        spec = HostSpec(experiment_id="bench", kind="custom", bundle_dir=str(bundle))
         await hosts.start(spec, timeout=300)
         await stream(hosts, spec, image, 3)  # warm
         steady = await stream(hosts, spec, image, count)

@@ -83,7 +83,7 @@ def ray_hosts(settings: Settings, running: Any, **extra: Any) -> Any:
 
 
 def spec_for(bundle: Path, replicas: int = 1) -> HostSpec:
-    return HostSpec(experiment_id=str(uuid.uuid4()), kind="bundle", bundle_dir=str(bundle), replicas=replicas)
+    return HostSpec(experiment_id=str(uuid.uuid4()), kind="custom", bundle_dir=str(bundle), replicas=replicas)
 
 
 async def request(hosts: Any, spec: HostSpec, image: Path, timeout: float = 300) -> float:

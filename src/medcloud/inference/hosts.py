@@ -42,7 +42,7 @@ class HostSpec:
     """What a host process loads: JSON-serialisable, written next to the host's log."""
 
     experiment_id: str
-    kind: str  # "bundle" or "vista3d"
+    kind: str  # the model family's name: "custom", "vista3d", "deepedit" (families/registry.py)
     bundle_dir: str
     overrides: dict[str, Any] = field(default_factory=dict)
     image_key: str = "image"
