@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import summary
+from common import percentile, summary
 
 from medcloud.config import Settings
 from medcloud.families.deepedit.demo import deepedit_ct_volume, make_deepedit_bundle
@@ -72,7 +72,7 @@ async def run(full: bool, repeats: int, shape: tuple[int, int, int]) -> None:
     network = "official-size DynUNet 128^3" if full else "small demo DynUNet 32^3"
     print(summary("automatic (no clicks)", auto))
     print(summary("with clicks", clicks))
-    p50 = sorted(clicks)[len(clicks) // 2] / sorted(auto)[len(auto) // 2]
+    p50 = percentile(clicks, 50) / percentile(auto, 50)
     print(f"RATIO click / automatic p50 ({network}, image {shape}): {p50:.3f}")
 
 
