@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from medcloud.demo.synthetic import ct_affine, synthetic_ct_arrays
+from medcloud.families.vista3d import predictor as vista3d
 from medcloud.families.vista3d.cache import ClickCache
 from medcloud.families.vista3d.demo import make_vista3d_bundle
 from medcloud.families.vista3d.predictor import Vista3dPredictor
 from medcloud.families.vista3d.window import _one_channel_conv, upscale_and_project
-from medcloud.inference import vista3d
 
 
 @pytest.fixture(scope="module")
