@@ -59,10 +59,16 @@ def test_an_operators_bundles_are_kept(tmp_path: Path) -> None:
 def _seed_caches(data_dir: Path) -> None:
     """The trained demo bundles, from the per-checkout test cache (built there once), as a first start leaves them."""
     from medcloud.demo.bundles import ensure_demo_bundles
+    from medcloud.families.deepedit.demo import ensure_demo_deepedit
     from medcloud.families.vista3d.demo import ensure_demo_vista3d
 
     bundles = data_dir / "demo" / "bundles"
-    for folder in (ensure_demo_bundles(BUNDLE_CACHE)["segmentation"].parent, ensure_demo_vista3d(BUNDLE_CACHE).parent):
+    built = (
+        ensure_demo_bundles(BUNDLE_CACHE)["segmentation"].parent,
+        ensure_demo_vista3d(BUNDLE_CACHE).parent,
+        ensure_demo_deepedit(BUNDLE_CACHE).parent,
+    )
+    for folder in built:
         shutil.copytree(folder, bundles / folder.name)
 
 
