@@ -4,6 +4,7 @@ Exit codes (scripts may rely on them):
     0  done
     1  bad input: unmatched labels, an unreadable or missing file, no manifest, a malformed URL or option
     3  storage unreachable or refused (wrong key, no permission, endpoint down)
+    130  upload interrupted (Ctrl-C): run it again to resume
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_STORAGE = 3
+EXIT_INTERRUPTED = 130
 
 _BUILD_EPILOG = """\
 Matching rules for labels (see docs/client.md):
@@ -81,10 +83,10 @@ def register(datasets_sub: argparse._SubParsersAction) -> None:
 
 def cmd_build_manifest(args: argparse.Namespace) -> int:
     """Build and write the manifest; print a summary."""
-    from medcloud.client.manifest import ManifestError, build_manifest, write_manifest
+    from medcloud.client.manifest import ManifestError, plan_manifest, write_manifest
 
     try:
-        result = build_manifest(args.folder, labels=args.labels_dir, ignore_unmatched=args.ignore_unmatched)
+        result = plan_manifest(args.folder, labels=args.labels_dir, ignore_unmatched=args.ignore_unmatched)
         path = write_manifest(result.manifest, args.output or args.folder / "manifest.json")
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -130,6 +132,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
     except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_STORAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to upload what is missing", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
