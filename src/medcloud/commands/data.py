@@ -111,6 +111,9 @@ def cmd_build_manifest(args: argparse.Namespace) -> int:
 
 def cmd_upload(args: argparse.Namespace) -> int:
     """Upload the folder; progress on stderr when it is a terminal, plain lines otherwise."""
+    from medcloud.logs import quiet_storage_loggers
+
+    quiet_storage_loggers()  # storage SDKs log every request at INFO; the user sees progress instead
     from medcloud.client.upload import (
         Credentials,
         LineProgress,
