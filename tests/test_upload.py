@@ -220,11 +220,47 @@ def test_a_wrong_key_exits_3_with_a_clear_message_and_never_shows_the_key(tmp_pa
     folder = make_dataset_folder(tmp_path / "ds")
     build_manifest(folder)
     wrong = "B" * 86 + "=="
-    env = _env(tmp_path, AZURE_STORAGE_ACCOUNT=AZURITE_ACCOUNT)
-    result = _cli([str(folder), "az://nope/ds", "--endpoint-url", azurite.endpoint, "--secret", wrong], env)
-    assert result.returncode == 3, result.stderr
-    assert result.stderr.strip() == "error: The storage credentials were rejected by az://nope/ds."
-    assert wrong not in result.stdout + result.stderr
+    env = _env(tmp_path, AZURE_STORAGE_ACCOUNT=AZURITE_ACCOUNT, WRONG_KEY=wrong)
+    for how in (["--secret", wrong], ["--secret-env", "WRONG_KEY"]):
+        result = _cli([str(folder), "az://nope/ds", "--endpoint-url", azurite.endpoint, *how], env)
+        assert result.returncode == 3, result.stderr
+        assert result.stderr.strip() == "error: The storage credentials were rejected by az://nope/ds."
+        assert wrong not in result.stdout + result.stderr
+
+
+def test_a_terminal_gets_a_progress_bar(tmp_path: Path, s3_server: MotoInfo) -> None:
+    import pty
+
+    folder = make_dataset_folder(tmp_path / "ds")
+    build_manifest(folder)
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "medcloud.cli", "datasets", "upload", str(folder), "s3://bar/ds"],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+            cwd=REPO,
+            env=_s3_env(tmp_path, s3_server),
+            timeout=180,
+        )
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0
+    text = shown.decode()
+    assert "\r[" in text and "100% 22/22 files" in text and "[" + "#" * 24 + "]" in text
+    assert "uploaded imagesTr" not in text  # no plain lines on a terminal
+    assert proc.stdout.startswith("Uploaded 22 files")
 
 
 def test_an_unreachable_store_exits_3(tmp_path: Path, s3_server: MotoInfo) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,8 @@ example:
   medcloud datasets upload ./spleen s3://my-bucket/spleen --endpoint-url http://127.0.0.1:9000
   AZURE_STORAGE_ACCOUNT=acct AZURE_STORAGE_KEY=... medcloud datasets upload ./spleen az://container/spleen
   medcloud datasets upload ./spleen gs://my-bucket/spleen --key-file sa.json
-exit codes: 0 ok, 1 bad input (no manifest, missing or unreadable file), 3 storage unreachable or refused.
+exit codes: 0 ok, 1 bad input (no manifest, missing or unreadable file), 3 storage unreachable or refused,
+130 interrupted (run it again to resume).
 """
 
 
@@ -76,6 +78,9 @@ def register(datasets_sub: argparse._SubParsersAction) -> None:
     upload.add_argument("--endpoint-url", help="a self-hosted store (MinIO, Azurite, a GCS emulator)")
     upload.add_argument("--key-id", help="S3 access key id, or Azure storage account name")
     upload.add_argument("--secret", help="S3 secret key, or Azure account key / SAS token (prefer the variables)")
+    upload.add_argument(
+        "--secret-env", metavar="VAR", help="environment variable holding the secret (instead of --secret)"
+    )
     upload.add_argument("--key-file", type=Path, help="GCS service-account JSON key file")
     upload.add_argument("--json", action="store_true", help="print a JSON summary instead of progress")
     upload.set_defaults(func=cmd_upload)
@@ -109,6 +114,18 @@ def cmd_build_manifest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _secret(args: argparse.Namespace) -> str | None:
+    """`--secret`, or the variable `--secret-env` names (missing → `UploadInputError`, naming the variable only)."""
+    from medcloud.client.upload import UploadInputError
+
+    if args.secret_env is None:
+        return args.secret
+    value = os.environ.get(args.secret_env)
+    if not value:
+        raise UploadInputError(f"The variable {args.secret_env} named by --secret-env is not set.")
+    return value
+
+
 def cmd_upload(args: argparse.Namespace) -> int:
     """Upload the folder; progress on stderr when it is a terminal, plain lines otherwise."""
     from medcloud.logs import quiet_storage_loggers
@@ -125,7 +142,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
     try:
         credentials = Credentials.from_options(
-            key_id=args.key_id, secret=args.secret, key_file=args.key_file, endpoint_url=args.endpoint_url
+            key_id=args.key_id, secret=_secret(args), key_file=args.key_file, endpoint_url=args.endpoint_url
         )
         progress = None if args.json else (TerminalProgress() if sys.stderr.isatty() else LineProgress())
         report = upload_folder(args.folder, args.url, credentials=credentials, progress=progress)
