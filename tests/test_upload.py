@@ -18,6 +18,8 @@ from medcloud.client.manifest import build_manifest
 from medcloud.client.upload import Credentials, UploadInputError, upload_folder
 from medcloud.client.upload_progress import LineProgress
 
+pytest_plugins = ["services"]  # the session fixture `gcs_server`
+
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The CLI's environment: no storage variables of this machine, a private cache (the resume state)."""
@@ -289,3 +291,20 @@ def test_bad_input_exits_1(tmp_path: Path, s3_server: MotoInfo) -> None:
 
     with pytest.raises(UploadInputError, match="not 'ftp://x/y'"):
         upload_folder(folder, "ftp://x/y")
+
+
+def test_upload_to_a_gcs_emulator_with_a_service_account_key(tmp_path: Path, gcs_server) -> None:  # noqa: ANN001
+    folder = make_dataset_folder(tmp_path / "ds")
+    build_manifest(folder)
+    key_file = tmp_path / "sa.json"
+    key_file.write_text(gcs_server.service_account_key("medcloud-uploader@medcloud-test.iam.gserviceaccount.com"))
+    bucket = f"gcs-{uuid.uuid4().hex[:8]}"
+    gcs_server.create_bucket(bucket)
+    credentials = Credentials(key_file=key_file, endpoint_url=gcs_server.endpoint)
+    report = upload_folder(folder, f"gs://{bucket}/ds", credentials=credentials)
+    local = _local(folder)
+    assert report.uploaded[-1] == "manifest.json" and sorted(report.uploaded) == sorted(local)
+    assert sorted(gcs_server.names(bucket, "ds/")) == sorted(f"ds/{name}" for name in local)
+    assert all(gcs_server.read(bucket, f"ds/{name}") == data for name, data in local.items())
+    again = upload_folder(folder, f"gs://{bucket}/ds", credentials=credentials)
+    assert again.uploaded == [] and sorted(again.skipped) == sorted(local)
