@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="create the demo org, key, dataset and bundles, then exit")
     demo.add_argument("--data-dir", type=Path)
     demo.set_defaults(func=cmd_demo)
+    from medcloud.commands import register
+
+    register(sub)  # the user's commands: login, datasets, experiments, infer, jobs, nextimage
     return parser
 
 
