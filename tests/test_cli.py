@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from client_helpers import ORG
+from client_helpers import ORG, Faults, fault_proxy
 
 from medcloud.devserver import create_key, free_port, medcloud_serve
 
@@ -150,6 +150,19 @@ def test_an_unreachable_host_is_retried_then_exits_3(home):
     assert proc.returncode == 3
     assert proc.stderr.startswith(f"error: Cannot reach {host} (ConnectError") and "after 3 attempt(s)" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_503_is_retried_and_one_that_stays_exits_3(served, home):
+    server, key = served
+    env = {**home, "MEDCLOUD_API_KEY": key}
+    faults = Faults(suffix="/experiments", status=503, count=2, retry_after="0")
+    with fault_proxy(server.url, faults) as proxy:
+        ok(medcloud(env, "experiments", "list", "--host", proxy, "--json"))
+        assert faults.seen.count(f"GET /api/v1/orgs/{ORG}/experiments") == 3  # two 503s, then the answer
+        faults.count = 10
+        stays = medcloud(env, "experiments", "list", "--host", proxy, "--retries", "2")
+    assert stays.returncode == 3
+    assert stays.stderr.strip() == "error: injected by the test proxy (still 503 after 3 attempts)"
 
 
 def test_usage_errors_exit_2_and_every_command_has_an_example(home):

@@ -132,10 +132,14 @@ def test_train_job_is_watched_to_done_with_progress_lines_and_its_log_followed(
     assert any("Epoch" in line for line in followed)
     assert followed == list(client.logs(job))  # following saw the whole log, in order, nothing twice
     assert [j.id for j in client.jobs(exp)] == [job.id]
-    archive = client.download(job, tmp_path)
+    archive = client.download(job, tmp_path / "results")
+    assert archive == tmp_path / "results" / f"{job.id}.tar.gz"
     with tarfile.open(archive) as tar:
         assert f"{job.id}/results/models/model.pt" in tar.getnames()
     assert "already ended" in client.cancel(job)
+    with pytest.raises(NotFound):
+        client.download("1b4e28ba-2fa1-11d2-883f-0016d3cca427", tmp_path / "none.tar.gz", experiment=exp)
+    assert not (tmp_path / "none.tar.gz").exists() and not list(tmp_path.glob(".*part"))  # nothing half-written
 
 
 def test_tty_progress_is_one_redrawn_bar():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -157,14 +156,12 @@ class JobCalls:
         self.transport.request("DELETE", f"experiments/{exp}/jobs/{jid}")
 
     def download(self, job: Job | str, dest: str | Path, *, experiment: Experiment | str | None = None) -> Path:
-        """Save the job's results (`:download`, a .tar.gz) to `dest`: a file path, or a folder → `<job id>.tar.gz`."""
+        """Save the job's results (`:download`, a .tar.gz) to `dest`: a path ending `.tar.gz`/`.tgz` is the file,
+        anything else a folder (created) that gets `<job id>.tar.gz`. Returns the file's path."""
         exp, jid = self._job_ref(job, experiment)
         target = Path(dest)
-        if target.is_dir():
+        if not target.name.endswith((".tar.gz", ".tgz")) or target.is_dir():
             target = target / f"{jid}.tar.gz"
         target.parent.mkdir(parents=True, exist_ok=True)
-        resp = self.transport.request("GET", f"experiments/{exp}/jobs/{jid}:download")
-        tmp = target.with_name(f".{target.name}.part")
-        tmp.write_bytes(resp.content)
-        os.replace(tmp, target)
+        self.transport.download(f"experiments/{exp}/jobs/{jid}:download", target)
         return target

@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -92,12 +94,15 @@ class Transport:
         """Close the connection pool."""
         self.http.close()
 
-    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        """One request with retries on connection errors and 503; the last 503 is returned, not raised."""
+    def _send(self, method: str, url: str, *, stream: bool = False, **kw: Any) -> httpx.Response:
+        """One request with retries on connection errors and 503; the last 503 is returned, not raised.
+
+        With `stream`, the body of the returned answer is not read yet (the caller closes it).
+        """
         attempt = 0
         while True:
             try:
-                resp = self.http.request(method, url, **kw)
+                resp = self.http.send(self.http.build_request(method, url, **kw), stream=stream)
             except httpx.TransportError as err:
                 sent = not isinstance(err, httpx.ConnectError | httpx.ConnectTimeout)
                 if attempt >= self.retries or (sent and method != "GET"):
@@ -110,6 +115,7 @@ class Transport:
                 if resp.status_code != 503 or attempt >= self.retries:
                     return resp
                 wait = _retry_after(resp)
+                resp.close()
             delay = wait if wait is not None else min(self.backoff_s * 2**attempt, 30.0)
             log.debug("retrying %s %s in %.2f s (attempt %d)", method, url, delay, attempt + 1)
             self.sleep(delay)
@@ -135,14 +141,21 @@ class Transport:
                 self.login()
             return {"Authorization": f"Bearer {self._token}"}
 
-    def request(self, method: str, path: str, *, expect: tuple[int, ...] = (200, 201), **kw: Any) -> httpx.Response:
-        """`method` on `{base}/{path}` as the logged-in user; an answer not in `expect` raises its typed error."""
+    def request(
+        self, method: str, path: str, *, expect: tuple[int, ...] = (200, 201), stream: bool = False, **kw: Any
+    ) -> httpx.Response:
+        """`method` on `{base}/{path}` as the logged-in user; an answer not in `expect` raises its typed error.
+
+        With `stream`, a successful answer's body is left unread for the caller to iterate and close.
+        """
         url = f"{self.base}/{path.lstrip('/')}"
-        resp = self._send(method, url, headers=self._auth(), **kw)
+        resp = self._send(method, url, stream=stream, headers=self._auth(), **kw)
         if resp.status_code == 401:  # the token expired or was revoked early: one new login
-            resp = self._send(method, url, headers=self._auth(force=True), **kw)
+            resp.close()
+            resp = self._send(method, url, stream=stream, headers=self._auth(force=True), **kw)
         if resp.status_code in expect:
             return resp
+        resp.read()
         err = error_for(resp.status_code, _body(resp), f"HTTP {resp.status_code} on {method} {path}.")
         if isinstance(err, Unavailable):
             err.message = f"{err.message} (still 503 after {self.retries + 1} attempts)"
@@ -151,6 +164,24 @@ class Transport:
             err.message = f"{err.message} (the API key was accepted at login, then refused)"
             err.args = (err.message,)
         raise err
+
+    def download(self, path: str, target: Path) -> None:
+        """GET `{base}/{path}` streamed into `target` through a `.part` file renamed at the end (whole or absent)."""
+        tmp = target.with_name(f".{target.name}.part")
+        resp = self.request("GET", path, expect=(200,), stream=True)
+        try:
+            with open(tmp, "wb") as handle:
+                for chunk in resp.iter_bytes(1 << 20):
+                    handle.write(chunk)
+            os.replace(tmp, target)
+        except httpx.TransportError as err:
+            raise ConnectionFailed(
+                f"The download from {self.settings.host} broke off ({type(err).__name__})."
+            ) from None
+        finally:
+            resp.close()
+            if tmp.exists():
+                tmp.unlink()
 
     def json(self, method: str, path: str, **kw: Any) -> Any:
         """`request` and its JSON body."""

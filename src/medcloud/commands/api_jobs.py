@@ -107,5 +107,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     _job_args(cancel).set_defaults(func=cmd_cancel)
     download = add_command(jobs_sub, "download", "save a job's results as .tar.gz",
                            "medcloud jobs download 7c1d... 0a9f... -o results/", parents=[common])  # fmt: skip
-    _job_args(download).add_argument("-o", "--output", type=Path, default=Path("."), help="file or folder")
+    _job_args(download).add_argument(
+        "-o", "--output", type=Path, default=Path("."), help="a .tar.gz file, or a folder (default .)"
+    )
     download.set_defaults(func=cmd_download)
