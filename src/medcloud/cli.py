@@ -157,7 +157,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medcloud", description="Self-hosted MONAI Cloud API server.")
+    parser = argparse.ArgumentParser(
+        prog="medcloud",
+        description="medcloud: a self-hosted MONAI Cloud API server (serve, keys, db, demo) and its command line "
+        "for users (login, datasets, experiments, infer, jobs, nextimage).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host")
