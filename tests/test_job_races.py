@@ -370,13 +370,32 @@ def test_restart_canceling_job_whose_process_is_gone_becomes_canceled(ctx):
 
 
 def test_restart_running_job_without_process_or_outcome_is_an_error_saying_so(ctx):
-    recorded = add_job(ctx, JobStatus.RUNNING, pid=2**22 + 7)
-    starting = add_job(ctx, JobStatus.RUNNING)  # intent committed, the server died before the process started
+    job_id = add_job(ctx, JobStatus.RUNNING, pid=2**22 + 7)
     scheduler(ctx)._reap_or_adopt()
-    first, second = status_of(ctx, recorded), status_of(ctx, starting)
-    assert first.status == second.status == "Error"
-    assert "process is gone (the server or the machine restarted" in first.result["detailed_status"]["message"]
-    assert "stopped while starting it" in second.result["detailed_status"]["message"]
+    row = status_of(ctx, job_id)
+    assert row.status == "Error"
+    assert "process is gone (the server or the machine restarted" in row.result["detailed_status"]["message"]
+
+
+def test_restart_job_the_server_died_before_starting_is_queued_again_and_runs_once(ctx, workers):
+    starting = add_job(ctx, JobStatus.RUNNING)  # intent committed, the server died before the process started
+    started: list[str] = []
+    runner = runner_with_fakes(ctx, workers, started)
+    runner._reap_or_adopt()
+    row = status_of(ctx, starting)
+    assert row.status == "Pending" and "Queued again" in row.result["detailed_status"]["message"]
+    runner._schedule()
+    assert started == [starting] and status_of(ctx, starting).status == "Running"
+
+
+def test_restart_job_whose_worker_started_and_died_without_outcome_is_an_error(ctx):
+    job_id = add_job(ctx, JobStatus.RUNNING)  # no pid recorded, but its worker had opened its log
+    directory = files.job_dir(ctx.settings.data_dir, job_id)
+    directory.mkdir(parents=True)
+    (directory / files.LOG).write_text("Traceback ...\nKilled\n")
+    scheduler(ctx)._reap_or_adopt()
+    row = status_of(ctx, job_id)
+    assert row.status == "Error" and "process is gone" in row.result["detailed_status"]["message"]
 
 
 def test_restart_adopts_an_orphan_worker_whose_pid_was_never_recorded(ctx, workers):

@@ -61,7 +61,10 @@ JobState = Literal["running", "ended", "gone"]
 
 @dataclass
 class JobReport:
-    """What a backend knows of one job: `running`; `ended` (its outcome, if it left one); `gone` (no trace)."""
+    """What a backend knows of one job: `running`; `ended` (its outcome, if it left one); `gone` (no trace).
+
+    `gone` for a job with no handle means it was never started: the scheduler queues it again.
+    """
 
     state: JobState
     progress: dict[str, Any] | None = None  # the latest progress the job reported (merged into `result`)

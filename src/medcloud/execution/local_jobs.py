@@ -133,8 +133,8 @@ class LocalJobs:
         with self._lock:
             proc = self._procs.pop(job_id, None)
         outcome = files.read_json(directory / files.OUTCOME)
-        if proc is None and handle is None and outcome is None:
-            return JobReport("gone", progress=progress)
+        if proc is None and handle is None and outcome is None and not (directory / files.LOG).exists():
+            return JobReport("gone", progress=progress)  # never started: `_popen` opens the log first
         code = proc.returncode if proc is not None else "unknown"
         return JobReport("ended", progress=progress, outcome=outcome, detail=f"exit code {code}")
 

@@ -7,7 +7,8 @@ committed before the job is submitted, then its backend handle.
 
 After an API restart, a job still running on its backend is adopted (a local worker found by pid or
 command line; a Ray job by its submission id); a job whose run is gone ends by its `outcome.json`
-(Done, Error), as Canceled when it was Canceling, or as Error when it left no outcome.
+(Done, Error), as Canceled when it was Canceling, or as Error when it left no outcome. A job the
+server marked Running but died before starting (no process, no log, no outcome) is queued again.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 JobEnded = Callable[[str], Awaitable[None]]
 STARTING = "Starting the job's process."
-GONE_AT_START = "The job's process is gone: the server stopped while starting it, and it left no outcome."
+REQUEUED = "Queued again: the server stopped before the job's process started."
 GONE = "The job's process is gone (the server or the machine restarted while it ran)."
 
 
@@ -107,7 +108,11 @@ class Scheduler:
                     log.info("Adopted running job %s (%s)", row.id, adopted.to_json())
                     continue
                 report = self.backend.report(row.id, handle)
-                self._settle(session, row, report.outcome, GONE_AT_START if handle is None else GONE)
+                never_started = handle is None and report.state == "gone"
+                if never_started and jobs.transition(session, row, JobStatus.PENDING, REQUEUED):
+                    log.info("Job %s never started before the last stop; queued again", row.id)
+                    continue
+                self._settle(session, row, report.outcome, GONE)
 
     async def _tick(self) -> None:
         ended = await asyncio.to_thread(self._check_running)

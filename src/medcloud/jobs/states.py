@@ -19,7 +19,11 @@ ACTIVE = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.CANCELING})
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELING, JobStatus.CANCELED, JobStatus.ERROR}),
-    JobStatus.RUNNING: frozenset({JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELING, JobStatus.CANCELED}),
+    # Running → Pending: only at start-up, for a job whose process was never started (the server died
+    # between committing Running and starting it), so it is queued again rather than lost.
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.PENDING, JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELING, JobStatus.CANCELED}
+    ),
     JobStatus.CANCELING: frozenset({JobStatus.CANCELED, JobStatus.ERROR}),
     JobStatus.DONE: frozenset(),
     JobStatus.ERROR: frozenset(),
