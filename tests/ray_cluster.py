@@ -67,7 +67,9 @@ def start_cluster(num_cpus: int = 2, num_gpus: int = 2, timeout_s: float = 120) 
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited ({proc.returncode}): {(temp_dir / 'ray-start.log').read_text()[-3000:]}")
+            raise RuntimeError(
+                f"ray start exited ({proc.returncode}): {(temp_dir / 'ray-start.log').read_text()[-3000:]}"
+            )
         try:
             if requests.get(f"{cluster.dashboard_url}/api/version", timeout=2).ok:
                 break

@@ -36,6 +36,7 @@ def test_revisions_form_one_line_from_0001_to_the_head():
     script = migrations._script()
     chain = [rev.revision for rev in script.walk_revisions()]
     assert chain[-1] == migrations.INITIAL and chain[-2] == "0002_job_backend_handle"
+    assert chain[-3] == "0003_experiment_inference"
     assert len(script.get_heads()) == 1 and migrations.head() == chain[0]
 
 
@@ -62,7 +63,7 @@ def test_the_models_differing_from_the_database_are_reported(url):
     kinds = sorted(
         (d[0], d[3].name if d[0] in ("add_column", "remove_column") else "") for d in schema_differences(engine)
     )
-    assert kinds == [("add_column", "backend_handle"), ("remove_column", "pid")]
+    assert kinds == [("add_column", "backend_handle"), ("add_column", "inference"), ("remove_column", "pid")]
     engine.dispose()
 
 

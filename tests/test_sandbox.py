@@ -167,7 +167,9 @@ def test_staged_inputs_survive_cache_eviction(tmp_path, local_dataset, demo_zips
         }
         resp = api.post("experiments", json=body)
         assert resp.status_code == 201, resp.text
-        job = Job(id="staging-test", action="train", specs={}, experiment_id=resp.json()["id"], org="acme", user_id="alice")
+        job = Job(
+            id="staging-test", action="train", specs={}, experiment_id=resp.json()["id"], org="acme", user_id="alice"
+        )
         job_dir = tmp_path / "data" / "jobs" / "staging-test"
         with api.ctx.db.session() as session:
             ticket = build_ticket(api.ctx, session, job, job_dir_of=api.ctx.jobs.job_dir, cache_dir=api.ctx.cache.root)

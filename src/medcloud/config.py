@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     image_cache_max_ttl_s: int = 3600
     cache_sweep_interval_s: float = 30.0
     host_start_timeout_s: float = 600.0
+    # Accelerated inference (inference/accel/, docs/performance.md): the mode of experiments whose
+    # model_params name none, and the check a faster mode must pass against the exact run.
+    inference_mode: Literal["exact", "fast", "bf16", "openvino"] = "exact"
+    inference_check_min_dice: float = Field(default=0.99, ge=0.0, le=1.0)
     max_train_jobs: int | None = Field(
         default=None, ge=1, description="Train/batch jobs running at once; default one per GPU (one without GPU)."
     )

@@ -133,7 +133,11 @@ class RayHosts:
         if not reply.get("ok"):
             error = f"Error: {reply.get('error')}"
             raise Invalid(error) if reply.get("kind") == "model" else Unavailable(error)
-        return Outputs(files=[(rel, io.BytesIO(data)) for rel, data in reply["files"]], folder=None)
+        return Outputs(
+            files=[(rel, io.BytesIO(data)) for rel, data in reply["files"]],
+            folder=None,
+            inference=reply.get("inference"),
+        )
 
     async def swap(self, experiment_id: str, weights: Path, timeout: float = 120) -> None:
         """Load new weights into every replica, and into every replica Serve starts later."""

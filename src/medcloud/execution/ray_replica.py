@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from medcloud.confined import read_regular
-from medcloud.inference.host import build_predictor, describe
+from medcloud.inference.host import build_predictor, describe, inference_report
 
 log = logging.getLogger("medcloud.replica")
 
@@ -106,7 +106,7 @@ class ModelReplica:
                     written = self._predictor.predict(str(in_dir / _relative(image)), params, out_dir)
                 except Exception as exc:  # noqa: BLE001  (the model's error goes back to the client)
                     return {"ok": False, "kind": "model", "error": describe(exc)}
-                return self._outputs(written, out_dir)
+                return {**self._outputs(written, out_dir), "inference": inference_report(self._predictor)}
             finally:
                 self._deadline = None
 

@@ -23,3 +23,5 @@ class Experiment(Base, Owned):
     sealed_cloud_secrets: Mapped[str | None] = mapped_column(Text, default=None)
     model_params: Mapped[dict] = mapped_column(default=dict)
     bundle_dir: Mapped[str] = mapped_column(String(1024), default="")
+    # The accelerated-inference mode its model host runs and the check that chose it (inference/accel/).
+    inference: Mapped[dict | None] = mapped_column(default=None)

@@ -46,7 +46,20 @@ def host_spec(row: Experiment, settings: Settings) -> HostSpec:
         labels=params.get("labels") or {},
         allow_expression_overrides=settings.allow_expression_overrides,
         replicas=int(params.get("replicas") or 1),
+        inference_mode=params.get("inference_mode") or settings.inference_mode,
+        check_min_dice=settings.inference_check_min_dice,
     )
+
+
+def record_inference(ctx: Context, experiment_id: str, report: dict | None) -> None:
+    """Keep the host's inference mode and check on the experiment (blocking), when it changed."""
+    if report is None:
+        return
+    with ctx.db.session() as session:
+        row = session.get(Experiment, experiment_id)
+        if row is not None and row.inference != report:
+            row.inference = report
+            session.commit()
 
 
 def _download_image(url: str, dest: Path, settings: Settings) -> list[Path]:

@@ -295,6 +295,8 @@ async def _inference(ctx: Context, row: Experiment, job: ExperimentJob) -> Respo
     try:
         if not outputs.files:
             raise Invalid("Error: the model produced no output file.")
+        if outputs.inference is not None and outputs.inference != row.inference:
+            await ctx.pools.run("db", realtime.record_inference, ctx, row.id, outputs.inference)
         encoder = multipart_stream(outputs.files)
         headers = {"Content-Type": encoder.content_type, "Content-Length": str(encoder.len)}
     except BaseException:

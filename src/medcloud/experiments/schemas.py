@@ -28,6 +28,8 @@ class ModelParams(BaseModel):
     override: dict[str, Any] = Field(default_factory=dict)
     image_key: str = Field(default="image", min_length=1)
     replicas: int = Field(default=1, ge=1, le=8)
+    # None: the server's MEDCLOUD_INFERENCE_MODE. A faster mode serves once checked (inference/accel/checked.py).
+    inference_mode: Literal["exact", "fast", "bf16", "openvino"] | None = None
 
     @field_validator("labels")
     @classmethod
@@ -110,6 +112,9 @@ class ExperimentOut(BaseModel):
     bundle_url: str | None
     workspace: str | None
     model_params: dict[str, Any]
+    # The mode real-time inference runs in and the check that chose it (`CheckedPredictor.report`);
+    # None until the experiment's model host has answered a request in a mode other than exact.
+    inference: dict[str, Any] | None = None
     actions: list[str]
     jobs: list[str] = Field(default_factory=list)
     public: bool = False

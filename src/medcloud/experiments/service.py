@@ -47,6 +47,7 @@ def to_out(row: Experiment, jobs: list[str] | None = None) -> ExperimentOut:
         bundle_url=redact_url(row.bundle_url) if row.bundle_url else None,  # rows stored before redaction too
         workspace=row.workspace,
         model_params=dict(row.model_params),
+        inference=dict(row.inference) if row.inference else None,
         actions=list(EXPERIMENT_ACTIONS),
         jobs=jobs or [],
         created_on=row.created_on,

@@ -30,7 +30,19 @@ def build_predictor(spec: dict[str, Any]) -> Predictor:
     from medcloud.inference import nrrd_writer
 
     nrrd_writer.register()
-    return family_named(spec["kind"]).predictor(spec)
+    predictor = family_named(spec["kind"]).predictor(spec)
+    mode = spec.get("inference_mode") or "exact"
+    if mode == "exact":
+        return predictor
+    from medcloud.inference.accel.checked import CheckedPredictor
+
+    return CheckedPredictor(predictor, mode, float(spec.get("check_min_dice", 0.99)))
+
+
+def inference_report(predictor: Predictor) -> dict[str, Any] | None:
+    """The mode the predictor runs in and its check (`CheckedPredictor.report`); None for exact-only hosts."""
+    report = getattr(predictor, "report", None)
+    return report() if callable(report) else None
 
 
 def describe(exc: BaseException) -> str:
@@ -45,7 +57,12 @@ def handle(predictor: Predictor, msg: dict[str, Any]) -> dict[str, Any]:
     try:
         if op == "infer":
             files = predictor.predict(msg["image"], msg.get("params") or {}, Path(msg["out_dir"]))
-            return {"ok": True, "files": [str(f) for f in files], "seconds": time.perf_counter() - started}
+            return {
+                "ok": True,
+                "files": [str(f) for f in files],
+                "seconds": time.perf_counter() - started,
+                "inference": inference_report(predictor),
+            }
         if op == "swap":
             predictor.swap_weights(Path(msg["weights"]))
             return {"ok": True, "seconds": time.perf_counter() - started}

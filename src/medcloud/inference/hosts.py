@@ -49,6 +49,8 @@ class HostSpec:
     labels: dict[str, str] = field(default_factory=dict)
     allow_expression_overrides: bool = False  # the operator's setting (bundles/overrides.py)
     replicas: int = 1  # model_params.replicas: the Ray backend runs this many (the local one runs one)
+    inference_mode: str = "exact"  # inference/accel/modes.py; a faster mode is checked before it serves
+    check_min_dice: float = 0.99
 
 
 class HostDied(Unavailable):
@@ -235,7 +237,9 @@ class HostManager:
                 if not reply.get("ok"):
                     raise Invalid(f"Error: {reply.get('error')}")
                 # The caller streams them and then calls `close()`, which removes the request's folder.
-                return await self._run(_open_outputs, request_dir, out_dir, reply["files"])
+                outputs = await self._run(_open_outputs, request_dir, out_dir, reply["files"])
+                outputs.inference = reply.get("inference")
+                return outputs
             except BaseException as exc:
                 await self._run(shutil.rmtree, request_dir, True)
                 if isinstance(exc, TimeoutError):
@@ -307,6 +311,7 @@ class Outputs:
 
     files: list[tuple[str, BinaryIO]]  # (name relative to the output folder, open file)
     folder: Path | None  # None: the files are in memory (a backend whose models run elsewhere)
+    inference: dict[str, Any] | None = None  # the host's inference mode and check (inference/accel/checked.py)
 
     def close(self) -> None:
         for _name, handle in self.files:

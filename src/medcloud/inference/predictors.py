@@ -88,6 +88,8 @@ class BundlePredictor:
         meta_path = self.bundle_dir / "configs" / "metadata.json"
         self._meta = ConfigParser.load_config_file(meta_path) if meta_path.exists() else {}
         self._network: torch.nn.Module | None = None
+        self._fast: dict[str, torch.nn.Module] = {}  # faster wrappers of `_network`, by mode (inference/accel)
+        self._mode = "exact"
         # A new parser would build its own locator and re-scan every MONAI module (~50 ms a request).
         self._locator = ComponentLocator()
 
@@ -103,8 +105,24 @@ class BundlePredictor:
         if "dataloader" in parser and isinstance(parser["dataloader"], dict):
             parser["dataloader#num_workers"] = 0  # one image: worker start-up would dominate
         if self._network is not None:
-            parser["network"] = self._network
+            parser["network"] = self._fast[self._mode] if self._mode != "exact" else self._network
         return parser
+
+    fast_modes: tuple[str, ...] = ("bf16", "openvino")
+
+    @property
+    def device_type(self) -> str:
+        assert self._network is not None, "load() first"
+        return next(self._network.parameters()).device.type
+
+    def use_mode(self, mode: str) -> None:
+        """Serve the following requests with the network in `mode` ("exact", or a faster one: inference/accel)."""
+        if mode != "exact" and mode not in self._fast:
+            from medcloud.inference.accel.networks import accelerated
+
+            assert self._network is not None, "load() first"
+            self._fast[mode] = accelerated(self._network, mode, self.device_type)
+        self._mode = mode
 
     def load(self) -> None:
         parser = self._parser([], self.bundle_dir / ".medcloud-warmup")
@@ -139,3 +157,5 @@ class BundlePredictor:
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
         self._network.load_state_dict(state)  # type: ignore[union-attr]
+        for wrapper in self._fast.values():
+            wrapper.refresh()  # type: ignore[operator]

@@ -14,7 +14,7 @@ from medcloud.bundles.overrides import check_params, expressions_allowed
 from medcloud.errors import Invalid
 from medcloud.experiments.realtime import model_input
 from medcloud.families.registry import family_of
-from medcloud.inference.host import build_predictor
+from medcloud.inference.host import build_predictor, inference_report
 from medcloud.inference.nrrd_writer import nrrd_to_nifti
 from medcloud.jobs import files
 from medcloud.jobs.spec import JobSpec
@@ -55,4 +55,6 @@ def run_batchinfer(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
     reporter.update(epoch=1)
     if total and len(failed) == total:
         raise Invalid(f"Batch inference failed on every image; first error: {next(iter(failed.values()))}")
-    return {"images": total - len(failed), "failed": failed, "epoch": -1, "key_metric": -1}
+    result = {"images": total - len(failed), "failed": failed, "epoch": -1, "key_metric": -1}
+    report = inference_report(predictor)
+    return {**result, "inference": report} if report else result

@@ -34,6 +34,7 @@ from medcloud.families.vista3d.transforms import (
     to_original_grid,
 )
 from medcloud.families.vista3d.window import WindowForward
+from medcloud.inference.accel.networks import autocast
 from medcloud.inference.nrrd_writer import write_raw_nrrd
 from medcloud.inference.predictors import find_config
 
@@ -153,6 +154,7 @@ class Vista3dPredictor:
         self.reuse = reuse
         self.cache = ClickCache(max_cache_bytes if reuse else 0)
         self.weights_generation = 0  # bumped by swap_weights: part of every cache key
+        self.mode = "exact"  # or "bf16" (inference/accel): autocast in bfloat16
         self._prepared: tuple[Hashable, PreparedImage] | None = None
         self.last_timing: dict[str, float] = {}
 
@@ -175,6 +177,18 @@ class Vista3dPredictor:
                 point_labels=torch.ones(1, 1, device=self.device),
                 class_vector=torch.ones(1, 1, dtype=torch.long, device=self.device),
             )
+
+    fast_modes: tuple[str, ...] = ("bf16",)
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    def use_mode(self, mode: str) -> None:
+        """ "exact" (the official bundle's precision: fp32 on CPU, CUDA autocast) or "bf16" (autocast in bf16)."""
+        if mode not in ("exact", *self.fast_modes):
+            raise ValueError(f"VISTA-3D has no inference mode {mode!r}")
+        self.mode = mode
 
     def swap_weights(self, weights: Path) -> None:
         assert self.network is not None, "load() first"
@@ -227,7 +241,9 @@ class Vista3dPredictor:
             self._prepared = None  # free the previous image before loading the next
             self._prepared = (token, prepare(image, self.config.preprocess, self.device))
         # every cached tensor belongs to this image file, these weights, this preprocessing and window size
-        self.cache.bind((token, self.weights_generation, self.config.preprocess, self.roi_size, str(self.device)))
+        self.cache.bind(
+            (token, self.weights_generation, self.mode, self.config.preprocess, self.roi_size, str(self.device))
+        )
         return self._prepared[1]
 
     def _segment(self, prepared: PreparedImage, prompt: Prompt) -> torch.Tensor:
@@ -274,6 +290,8 @@ class Vista3dPredictor:
         return torch.as_tensor(logits)[0].float().to(self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.mode == "bf16":
+            return autocast(self.device.type)
         return torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
 
 
