@@ -375,3 +375,26 @@ def test_the_server_default_applies_to_experiments_that_name_no_mode(
         _infer(api, pinned["id"], image_id)
         assert api.get(f"experiments/{pinned['id']}").json()["inference"] is None
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+def test_batch_inference_runs_in_the_checked_mode_and_reports_it(
+    api, local_dataset: Path, demo_zips: dict[str, Path]
+) -> None:  # type: ignore[no-untyped-def]
+    import io
+    import tarfile
+
+    from test_jobs import seg_experiment, start, wait_status
+
+    runnable("openvino")
+    exp = seg_experiment(api, local_dataset, demo_zips, model_params={"inference_mode": "openvino"})
+    api.patch(f"experiments/{exp['id']}", json={"inference_dataset": exp["train_datasets"][0]})
+    job_id = start(api, exp, {}, action="batchinfer")
+    done = wait_status(api, exp, job_id, {"Done", "Error"})
+    assert done["status"] == "Done", done["result"]
+    report = done["result"]["inference"]
+    assert report["requested"] == "openvino" and report["mode"] == "openvino" and report["check"]["passed"] is True
+    assert report["check"]["min_dice"] >= 0.99
+    tar = api.get(f"experiments/{exp['id']}/jobs/{job_id}:download")
+    with tarfile.open(fileobj=io.BytesIO(tar.content)) as archive:
+        outputs = [n for n in archive.getnames() if n.endswith("_seg.nrrd")]
+    assert len(outputs) == done["result"]["images"] == len(list((local_dataset / "imagesTr").iterdir()))
