@@ -142,7 +142,7 @@ def test_first_request_is_answered_exactly_and_checked_then_the_fast_mode_serves
     bundle = demo_bundles["segmentation"]
     exact = exact_answer(bundle, ct, tmp_path / "exact")
     predictor = checked(bundle, mode)
-    assert predictor.report()["reason"].startswith("checked on the first request")
+    assert predictor.report()["reason"].startswith("checked on the next request")
     [first] = predictor.predict(str(ct), {}, tmp_path / "first")
     assert_same_output(first, exact)  # the check's request gets the exact answer
     report = predictor.report()
@@ -215,13 +215,61 @@ def test_hot_swap_rebuilds_the_fast_copy_and_checks_again(
     assert voxels(exact_new).sum() > 100, "and still segment something"
 
     predictor.swap_weights(tmp_path / "new.pt")
-    assert predictor.report()["check"] is None and "checked again" in predictor.report()["reason"]
+    assert predictor.report()["check"] is None and predictor.report()["mode"] == "exact"
+    assert predictor.wait_built(120)
     [first] = predictor.predict(str(ct), {}, tmp_path / "first-new")
     assert_same_output(first, exact_new)  # answered at once, exactly, with the new weights
     assert predictor.report()["mode"] == mode
     [served] = predictor.predict(str(ct), {}, tmp_path / "served-new")
     assert dice_per_label(voxels(exact_new), voxels(served))[1] >= 0.99
     assert not np.array_equal(voxels(served), voxels(before))  # the fast copy runs the new weights
+
+
+def test_requests_during_a_rebuild_are_served_exactly_without_a_gap(
+    demo_bundles: dict[str, Path], ct: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    runnable("openvino")
+    bundle = demo_bundles["segmentation"]
+    exact = exact_answer(bundle, ct, tmp_path / "exact")
+    predictor = checked(bundle, "openvino")
+    predictor.predict(str(ct), {}, tmp_path / "check")
+    assert predictor.report()["mode"] == "openvino"
+    release = threading.Event()
+    build = predictor.inner.prepare_mode
+    monkeypatch.setattr(predictor.inner, "prepare_mode", lambda mode: (release.wait(60), build(mode)))
+    predictor.swap_weights(bundle / "models" / "model.pt")  # the same weights, as a new file
+    for step in range(2):  # the faster network is being rebuilt: the exact one answers at once
+        [served] = predictor.predict(str(ct), {}, tmp_path / f"during{step}")
+        assert_same_output(served, exact)
+        assert predictor.report()["mode"] == "exact" and "building the openvino network" in predictor.report()["reason"]
+    release.set()
+    assert predictor.wait_built(120)
+    predictor.predict(str(ct), {}, tmp_path / "recheck")
+    assert predictor.report()["mode"] == "openvino" and predictor.report()["check"]["passed"] is True
+
+
+def test_a_network_that_cannot_be_built_leaves_exact_serving_with_the_reason(
+    demo_bundles: dict[str, Path], ct: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medcloud.inference.predictors import BundlePredictor as Bundle
+
+    def refuse(self: Bundle, mode: str) -> None:
+        raise RuntimeError("OpenVINO does not support operation aten::foo")
+
+    runnable("openvino")
+    monkeypatch.setattr(Bundle, "prepare_mode", refuse)
+    bundle = demo_bundles["segmentation"]
+    exact = exact_answer(bundle, ct, tmp_path / "exact")
+    predictor = checked(bundle, "openvino")
+    [served] = predictor.predict(str(ct), {}, tmp_path / "first")
+    assert_same_output(served, exact)
+    report = predictor.report()
+    assert report["mode"] == "exact" and report["check"]["passed"] is False
+    assert report["reason"] == (
+        "building the openvino network failed: RuntimeError: OpenVINO does not support operation aten::foo"
+    )
 
 
 def test_classification_is_checked_by_top1_and_score_delta(demo_bundles: dict[str, Path], tmp_path: Path) -> None:
@@ -240,15 +288,16 @@ def test_classification_is_checked_by_top1_and_score_delta(demo_bundles: dict[st
 # ------------------------------------------------------------------------------ VISTA-3D, DeepEdit
 
 
-def test_vista3d_bf16_serves_class_and_click_prompts_close_to_exact(vista_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_vista3d_serves_class_and_click_prompts_close_to_exact(mode: str, vista_bundle: Path, tmp_path: Path) -> None:
     from medcloud.families.vista3d.predictor import Vista3dPredictor
 
-    runnable("bf16")
+    runnable(mode)
     image, _ = write_synthetic_ct(tmp_path / "ct.nii.gz", tmp_path / "label.nii.gz", seed=44)
     exact = Vista3dPredictor(vista_bundle, {"3": "spleen"})
     exact.load()
-    predictor = checked(vista_bundle, "fast", kind="vista3d", labels={"3": "spleen"})
-    assert predictor.report()["candidate"] == "bf16"  # VISTA-3D's only faster mode
+    predictor = checked(vista_bundle, mode, kind="vista3d", labels={"3": "spleen"})
+    assert predictor.report()["candidate"] == mode
     prompts = [{"label_prompt": [3]}, {"points": [[32, 32, 32]], "point_labels": [1], "label_prompt": [3]}]
     for step, params in enumerate(prompts):
         [want] = exact.predict(str(image), params, tmp_path / f"exact{step}")
@@ -256,10 +305,13 @@ def test_vista3d_bf16_serves_class_and_click_prompts_close_to_exact(vista_bundle
         if step == 0:
             assert_same_output(got, want)  # the check's request
             assert predictor.report()["check"]["passed"] is True, predictor.report()
-            assert predictor.report()["mode"] == "bf16"
+            assert predictor.report()["mode"] == mode
         scores = dice_per_label(voxels(want), voxels(got))
         assert voxels(want).astype(bool).sum() > 50 and min(scores.values()) >= 0.98, scores
-    assert predictor.inner.mode == "bf16"
+    assert predictor.inner.mode == mode
+    if mode == "openvino":  # the encoder ran in OpenVINO, the heads are the exact network's own modules
+        assert type(predictor.inner.network.image_encoder).__name__ == "OpenVinoVistaEncoder"
+        assert predictor.inner.network.point_head is predictor.inner.exact_network.point_head
 
 
 @pytest.mark.parametrize("mode", FAST_MODES)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,6 +91,8 @@ class BundlePredictor:
         self._network: torch.nn.Module | None = None
         self._fast: dict[str, torch.nn.Module] = {}  # faster wrappers of `_network`, by mode (inference/accel)
         self._mode = "exact"
+        self._generation = 0  # bumped by swap_weights: a wrapper built from older weights is dropped
+        self._fast_lock = threading.Lock()
         # A new parser would build its own locator and re-scan every MONAI module (~50 ms a request).
         self._locator = ComponentLocator()
 
@@ -115,13 +118,24 @@ class BundlePredictor:
         assert self._network is not None, "load() first"
         return next(self._network.parameters()).device.type
 
+    def prepare_mode(self, mode: str) -> None:
+        """Build the network for `mode` from the current weights (blocking; safe while requests run)."""
+        from medcloud.inference.accel.networks import OpenVinoNetwork, accelerated
+
+        assert self._network is not None, "load() first"
+        generation = self._generation
+        wrapper = accelerated(self._network, mode, self.device_type)
+        example = self._example_input()
+        if isinstance(wrapper, OpenVinoNetwork) and example is not None:
+            wrapper.build(example)  # else compiled on its first call
+        with self._fast_lock:
+            if generation == self._generation:
+                self._fast[mode] = wrapper
+
     def use_mode(self, mode: str) -> None:
         """Serve the following requests with the network in `mode` ("exact", or a faster one: inference/accel)."""
         if mode != "exact" and mode not in self._fast:
-            from medcloud.inference.accel.networks import accelerated
-
-            assert self._network is not None, "load() first"
-            self._fast[mode] = accelerated(self._network, mode, self.device_type)
+            self.prepare_mode(mode)
         self._mode = mode
 
     def load(self) -> None:
@@ -132,16 +146,22 @@ class BundlePredictor:
         self._network.eval()
         self._warm_up()
 
-    def _warm_up(self) -> None:
-        """One forward pass on zeros of the bundle's declared input shape, so the first request is warm."""
+    def _example_input(self) -> torch.Tensor | None:
+        """Zeros of the bundle's declared input shape (metadata `network_data_format`), or None."""
         spec = (self._meta.get("network_data_format") or {}).get("inputs", {}).get(self.image_key, {})
         shape, channels = spec.get("spatial_shape"), spec.get("num_channels")
-        if not shape or not channels or not all(isinstance(s, int) for s in shape):
+        if not shape or not channels or not all(isinstance(s, int) for s in [*shape, channels]):
+            return None
+        return torch.zeros(1, channels, *shape, device=next(self._network.parameters()).device)  # type: ignore[union-attr]
+
+    def _warm_up(self) -> None:
+        """One forward pass on zeros of the bundle's declared input shape, so the first request is warm."""
+        example = self._example_input()
+        if example is None:
             return
-        device = next(self._network.parameters()).device
         try:
             with torch.no_grad():
-                self._network(torch.zeros(1, channels, *shape, device=device))
+                self._network(example)
         except Exception as exc:  # a bundle with an unusual input contract: warming up is only an optimisation
             log.info("Warm-up forward pass skipped: %s", exc)
 
@@ -156,6 +176,8 @@ class BundlePredictor:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
+        with self._fast_lock:
+            self._generation += 1
+            self._fast.clear()  # built from the old weights; `prepare_mode` builds them again
+            self._mode = "exact"
         self._network.load_state_dict(state)  # type: ignore[union-attr]
-        for wrapper in self._fast.values():
-            wrapper.refresh()  # type: ignore[operator]

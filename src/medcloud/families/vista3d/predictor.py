@@ -154,7 +154,9 @@ class Vista3dPredictor:
         self.reuse = reuse
         self.cache = ClickCache(max_cache_bytes if reuse else 0)
         self.weights_generation = 0  # bumped by swap_weights: part of every cache key
-        self.mode = "exact"  # or "bf16" (inference/accel): autocast in bfloat16
+        self.mode = "exact"  # or "bf16", "openvino" (inference/accel): see `fast_modes`
+        self.exact_network: torch.nn.Module | None = None
+        self._views: dict[str, torch.nn.Module] = {}  # the network with a faster encoder, by mode
         self._prepared: tuple[Hashable, PreparedImage] | None = None
         self.last_timing: dict[str, float] = {}
 
@@ -162,7 +164,7 @@ class Vista3dPredictor:
         ensure_connected_components()
         network = self.parser.get_parsed_content("network_def", instantiate=True)
         network.load_state_dict(_state_dict(self.bundle_dir / "models" / "model.pt"))
-        self.network = network.to(self.device).eval()
+        self.network = self.exact_network = network.to(self.device).eval()
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -178,23 +180,41 @@ class Vista3dPredictor:
                 class_vector=torch.ones(1, 1, dtype=torch.long, device=self.device),
             )
 
-    fast_modes: tuple[str, ...] = ("bf16",)
+    # bf16: encoder and heads under bf16 autocast; openvino: the image encoder compiled by OpenVINO
+    # (inference/accel/networks.py), the heads under bf16 autocast.
+    fast_modes: tuple[str, ...] = ("bf16", "openvino")
 
     @property
     def device_type(self) -> str:
         return self.device.type
 
+    def prepare_mode(self, mode: str) -> None:
+        """Build what `mode` needs from the current weights (the OpenVINO encoder: minutes for the full network)."""
+        if mode != "openvino":
+            return
+        from medcloud.inference.accel.networks import OpenVinoVistaEncoder, with_encoder
+
+        generation = self.weights_generation
+        view = with_encoder(self.exact_network, OpenVinoVistaEncoder(self.exact_network.image_encoder, self.roi_size))
+        if generation == self.weights_generation:
+            self._views[mode] = view
+
     def use_mode(self, mode: str) -> None:
-        """ "exact" (the official bundle's precision: fp32 on CPU, CUDA autocast) or "bf16" (autocast in bf16)."""
+        """ "exact" (the official bundle's precision: fp32 on CPU, CUDA autocast), "bf16" or "openvino"."""
         if mode not in ("exact", *self.fast_modes):
             raise ValueError(f"VISTA-3D has no inference mode {mode!r}")
+        if mode == "openvino" and mode not in self._views:
+            self.prepare_mode(mode)
+        self.network = self._views.get(mode, self.exact_network)
         self.mode = mode
 
     def swap_weights(self, weights: Path) -> None:
         assert self.network is not None, "load() first"
         self.cache.clear()  # the preprocessed image does not depend on the weights and stays
         self.weights_generation += 1
-        self.network.load_state_dict(_state_dict(Path(weights)))
+        self._views.clear()  # an OpenVINO encoder holds the old weights
+        self.network, self.mode = self.exact_network, "exact"
+        self.exact_network.load_state_dict(_state_dict(Path(weights)))
 
     def predict(self, image: str, params: dict[str, Any], out_dir: Path) -> list[Path]:
         assert self.network is not None, "load() first"
@@ -290,7 +310,7 @@ class Vista3dPredictor:
         return torch.as_tensor(logits)[0].float().to(self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.mode == "bf16":
+        if self.mode in ("bf16", "openvino"):
             return autocast(self.device.type)
         return torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
 

@@ -2,14 +2,16 @@
 
 A bundle's evaluator calls `inferer(inputs, network)`; handing it one of these instead of the network
 runs every window in the faster mode and gives back float32 outputs, so the bundle's post-processing
-(argmax, inversion, writers) is the bundle's own. Each wrapper keeps the exact network as its
-`network` submodule: `refresh()` after a weight swap brings the faster copy up to date.
+(argmax, inversion, writers) is the bundle's own. A wrapper is built from the network's weights at
+that moment and never updated: after a weight swap the predictor builds a new one (`CheckedPredictor`
+does it in the background while the exact network serves).
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -46,21 +48,18 @@ def autocast(device_type: str) -> torch.autocast:
 class Bf16Network(torch.nn.Module):
     """The network under autocast (bf16; fp16 on GPUs without bf16), channels-last for 3D networks on CPU.
 
-    Channels-last needs its own copy of the weights (the exact network keeps its layout, so `exact` stays
-    bit-for-bit what it was); `refresh()` copies the exact network's weights into it after a swap.
+    Channels-last runs on a copy of the weights, so the exact network keeps its layout and `exact`
+    stays bit for bit what it was.
     """
 
     def __init__(self, network: torch.nn.Module, device_type: str) -> None:
         super().__init__()
-        self.network = network
         self.device_type = device_type
         volumetric = any(isinstance(m, torch.nn.Conv3d) for m in network.modules())
         self.channels_last = device_type == "cpu" and volumetric and cpu_does_bf16()
-        self._fast = copy.deepcopy(network).to(memory_format=torch.channels_last_3d) if self.channels_last else network
-
-    def refresh(self) -> None:
-        if self._fast is not self.network:
-            self._fast.load_state_dict(self.network.state_dict())
+        self.network = (
+            copy.deepcopy(network).to(memory_format=torch.channels_last_3d) if self.channels_last else network
+        )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.channels_last:
@@ -71,52 +70,84 @@ class Bf16Network(torch.nn.Module):
                 for a in args
             )
         with autocast(self.device_type):
-            return _to_float(self._fast(*args, **kwargs))
+            return _to_float(self.network(*args, **kwargs))
+
+
+def openvino_compile(module: torch.nn.Module, example: torch.Tensor) -> Any:
+    """`module` converted by OpenVINO (dynamic shapes) and compiled for this CPU: bf16 where it does bf16."""
+    import openvino as ov
+
+    with torch.no_grad():
+        model = ov.convert_model(module, example_input=example)
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16" if cpu_does_bf16() else "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),  # a Ray replica's share, not the whole machine
+    }
+    return ov.Core().compile_model(model, "CPU", config)
 
 
 class OpenVinoNetwork(torch.nn.Module):
-    """The network converted to OpenVINO on its first call (shapes stay dynamic) and run on the CPU.
-
-    bf16 inference precision where the CPU does bf16, else fp32. One input tensor, one output tensor
-    (what a sliding-window inferer passes); the conversion runs again on the first call after `refresh()`.
-    """
+    """The network compiled by OpenVINO and run on the CPU: one input tensor, one output tensor (what a
+    sliding-window inferer passes). Compiled by `build` from an example input, else on its first call."""
 
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
-        self.network = network
-        self.precision = "bf16" if cpu_does_bf16() else "f32"
+        self._source = [network]  # not a submodule: the compiled model holds its own copy of the weights
         self._compiled: Any = None
         self._lock = threading.Lock()
 
-    def refresh(self) -> None:
-        with self._lock:
-            self._compiled = None
-
-    def _compile(self, example: torch.Tensor) -> Any:
-        import openvino as ov
-
+    def build(self, example: torch.Tensor) -> None:
         with self._lock:
             if self._compiled is None:
-                model = ov.convert_model(self.network, example_input=example)
-                config = {
-                    "INFERENCE_PRECISION_HINT": self.precision,
-                    "PERFORMANCE_HINT": "LATENCY",
-                    "INFERENCE_NUM_THREADS": torch.get_num_threads(),  # a Ray replica's share, not the machine
-                }
-                self._compiled = ov.Core().compile_model(model, "CPU", config)
-            return self._compiled
+                self._compiled = openvino_compile(self._source[0], example)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if args or kwargs:
             raise TypeError("the openvino mode runs networks called with one input tensor")
         x = _as_plain(x).detach()
-        compiled = self._compiled or self._compile(x.cpu())
-        out = compiled(x.cpu().numpy())[0]
+        if self._compiled is None:
+            self.build(x.cpu())
+        out = self._compiled(x.cpu().numpy())[0]
         return torch.from_numpy(out).to(x.device)
 
 
+class OpenVinoVistaEncoder(torch.nn.Module):
+    """VISTA-3D's image encoder (`SegResNetDS2`) compiled by OpenVINO, both branches at once.
+
+    Same call as the encoder: `(x, with_point, with_label)` → `(point branch, class branch)`, an empty
+    list for a branch not asked for, as MONAI's encoder answers.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, window: Sequence[int]) -> None:
+        super().__init__()
+
+        class BothBranches(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.encoder = encoder
+
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return self.encoder(x, with_point=True, with_label=True)
+
+        self._compiled = openvino_compile(BothBranches().eval(), torch.zeros(1, 1, *window))
+
+    def forward(self, x: torch.Tensor, with_point: bool = True, with_label: bool = True) -> tuple[Any, Any]:
+        x = _as_plain(x).detach()
+        result = self._compiled(x.float().cpu().numpy())
+        point, label = (torch.from_numpy(result[i]).to(x.device) for i in (0, 1))
+        return (point if with_point else []), (label if with_label else [])
+
+
+def with_encoder(network: torch.nn.Module, encoder: torch.nn.Module) -> torch.nn.Module:
+    """A view of `network` whose `image_encoder` is `encoder`: every other submodule (and weight) is shared."""
+    view = copy.copy(network)
+    view._modules = {**network._modules, "image_encoder": encoder}  # noqa: SLF001  (a shallow view, by design)
+    return view
+
+
 def accelerated(network: torch.nn.Module, mode: str, device_type: str) -> torch.nn.Module:
-    """`network` wrapped for `mode` ("bf16" or "openvino")."""
+    """`network` wrapped for `mode` ("bf16" or "openvino"), built from its current weights."""
     if mode == "bf16":
         return Bf16Network(network, device_type).eval()
     if mode == "openvino":
