@@ -81,13 +81,14 @@ def checked(bundle: Path, mode: str, min_dice: float = 0.99, kind: str = "custom
 def test_fast_picks_the_best_mode_the_machine_and_family_can_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(modes, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     monkeypatch.setattr(modes, "openvino_installed", lambda: True)
-    assert modes.resolve("fast", "cpu", ("bf16", "openvino")).mode == "openvino"
-    assert modes.resolve("fast", "cpu", ("bf16",)).mode == "bf16"  # VISTA-3D: autocast only
-    assert modes.resolve("fast", "cuda", ("bf16", "openvino")).mode == "bf16"
+    assert modes.resolve("fast", "cpu", ("bf16", "openvino")).mode == "bf16"  # a family lists them best first
+    assert modes.resolve("fast", "cpu", ("openvino", "bf16")).mode == "openvino"
+    assert modes.resolve("fast", "cuda", ("openvino", "bf16")).mode == "bf16"  # OpenVINO is CPU-only
     assert modes.resolve("exact", "cpu", ("bf16",)) == modes.Resolution("exact", "exact")
 
-    monkeypatch.setattr(modes, "openvino_installed", lambda: False)
     monkeypatch.setattr(modes, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert modes.resolve("fast", "cpu", ("bf16", "openvino")).mode == "openvino"  # no bf16 on this CPU
+    monkeypatch.setattr(modes, "openvino_installed", lambda: False)
     plain = modes.resolve("fast", "cpu", ("bf16", "openvino"))
     assert plain.mode == "exact"
     assert "openvino package is not installed" in plain.reason and "no bfloat16 instructions" in plain.reason
@@ -375,12 +376,13 @@ def test_the_check_is_visible_through_the_api(
     api, local_dataset: Path, demo_zips: dict[str, Path], tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     runnable("openvino")
+    expected = "bf16" if modes.unavailable_reason("bf16", "cpu") is None else "openvino"  # custom bundles' order
     dataset_id, image_id = _dataset_and_image(api, local_dataset)
     exp = _experiment(api, dataset_id, demo_zips["segmentation"], inference_mode="fast")
     assert exp["model_params"]["inference_mode"] == "fast" and exp["inference"] is None
     first = _nrrd_bytes_voxels(_infer(api, exp["id"], image_id), tmp_path / "first.nrrd")
     shown = api.get(f"experiments/{exp['id']}").json()["inference"]
-    assert shown["requested"] == "fast" and shown["mode"] == "openvino" and shown["check"]["passed"] is True
+    assert shown["requested"] == "fast" and shown["mode"] == expected and shown["check"]["passed"] is True
     assert shown["check"]["min_dice"] >= 0.99 and shown["check"]["min_dice_required"] == 0.99
     served = _nrrd_bytes_voxels(_infer(api, exp["id"], image_id), tmp_path / "served.nrrd")
     assert first.sum() > 0 and dice_per_label(first, served)[1] >= 0.99

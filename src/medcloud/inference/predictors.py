@@ -111,7 +111,7 @@ class BundlePredictor:
             parser["network"] = self._fast[self._mode] if self._mode != "exact" else self._network
         return parser
 
-    fast_modes: tuple[str, ...] = ("bf16", "openvino")
+    fast_modes: tuple[str, ...] = ("bf16", "openvino")  # best first (docs/performance.md); OpenVINO without bf16
 
     @property
     def device_type(self) -> str:

@@ -3,11 +3,12 @@
 `exact` runs the bundle as its config says (fp32). The faster modes, each kept because it measured
 faster here (docs/performance.md, bench/accelerated_inference.py):
 
-- `bf16`: the network under `torch.autocast` in bfloat16 (CPUs with AVX512-BF16 or AMX, or a CUDA GPU,
-  where it is float16 unless the GPU does bfloat16), channels-last memory layout for 3D convolutions.
-- `openvino`: the network converted once to OpenVINO and run by its CPU runtime, in bf16 where the CPU
-  does bf16, else fp32.
-- `fast`: the best of these that this machine and the model family can run.
+- `bf16`: on CPUs with AVX512-BF16 or AMX, a bfloat16 copy of a 3D network in channels-last layout
+  (other networks under `torch.autocast` in bfloat16); on a CUDA GPU, autocast (float16 unless the
+  GPU does bfloat16).
+- `openvino`: the network (VISTA-3D: its image encoder) converted once to OpenVINO and run by its CPU
+  runtime, in bf16 where the CPU does bf16, else fp32.
+- `fast`: the first of a family's `fast_modes` (listed best first, as measured) this machine can run.
 
 Measured and not kept (slower than `exact` here): `torch.compile` (56 s to compile, no faster under
 autocast) and ONNX Runtime's CPU provider (1.4x slower than PyTorch on the spleen UNet).
@@ -23,8 +24,6 @@ from typing import Literal
 
 InferenceMode = Literal["exact", "fast", "bf16", "openvino"]
 MODES: tuple[str, ...] = ("exact", "fast", "bf16", "openvino")
-# What `fast` picks, best first (measured on the spleen UNet, docs/performance.md).
-FAST_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("openvino", "bf16"), "cuda": ("bf16",)}
 
 
 @lru_cache(maxsize=1)
@@ -69,12 +68,13 @@ class Resolution:
 
 
 def resolve(requested: str, device: str, supported: tuple[str, ...]) -> Resolution:
-    """The mode to run for `requested` on `device`, given the faster modes a model family supports."""
+    """The mode to run for `requested` on `device`, given the faster modes a model family supports
+    (best first: `fast` takes the first this machine can run)."""
     if requested not in MODES:
         return Resolution(requested, "exact", f"unknown inference mode {requested!r}")
     if requested == "exact":
         return Resolution(requested, "exact")
-    candidates = FAST_ORDER.get(device, ()) if requested == "fast" else (requested,)
+    candidates = supported if requested == "fast" else (requested,)
     reasons = []
     for mode in candidates:
         if mode not in supported:
