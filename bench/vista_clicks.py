@@ -45,6 +45,7 @@ async def run(small: bool, clicks: int, mode: str = "exact", min_dice: float = 0
             labels={"3": "spleen"},
             inference_mode=mode,
             check_min_dice=min_dice,
+            prepare_wait_s=3600,  # time the clicks in the mode, not while its network is being built
         )
         started = time.perf_counter()
         await hosts.start(spec, timeout=1800)

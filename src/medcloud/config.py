@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     # model_params name none, and the check a faster mode must pass against the exact run.
     inference_mode: Literal["exact", "fast", "bf16", "openvino"] = "exact"
     inference_check_min_dice: float = Field(default=0.99, ge=0.0, le=1.0)
+    # How long a model host's start waits for its faster network (then the exact one serves until it is built).
+    inference_prepare_wait_s: float = Field(default=120.0, ge=0.0)
     max_train_jobs: int | None = Field(
         default=None, ge=1, description="Train/batch jobs running at once; default one per GPU (one without GPU)."
     )

@@ -48,6 +48,7 @@ def host_spec(row: Experiment, settings: Settings) -> HostSpec:
         replicas=int(params.get("replicas") or 1),
         inference_mode=params.get("inference_mode") or settings.inference_mode,
         check_min_dice=settings.inference_check_min_dice,
+        prepare_wait_s=settings.inference_prepare_wait_s,
     )
 
 

@@ -36,7 +36,9 @@ def build_predictor(spec: dict[str, Any]) -> Predictor:
         return predictor
     from medcloud.inference.accel.checked import CheckedPredictor
 
-    return CheckedPredictor(predictor, mode, float(spec.get("check_min_dice", 0.99)))
+    return CheckedPredictor(
+        predictor, mode, float(spec.get("check_min_dice", 0.99)), float(spec.get("prepare_wait_s", 120.0))
+    )
 
 
 def inference_report(predictor: Predictor) -> dict[str, Any] | None:

@@ -51,6 +51,7 @@ class HostSpec:
     replicas: int = 1  # model_params.replicas: the Ray backend runs this many (the local one runs one)
     inference_mode: str = "exact"  # inference/accel/modes.py; a faster mode is checked before it serves
     check_min_dice: float = 0.99
+    prepare_wait_s: float = 120.0  # how long the host's start waits for the faster network
 
 
 class HostDied(Unavailable):
