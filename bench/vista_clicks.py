@@ -5,7 +5,7 @@ layout, on a 128³ CT region, driven through the same HostManager the server use
 loads, preprocesses and encodes the image and runs the class head; later clicks on the same series
 reuse all of that (`vista3d_cache`) and run only the point head for the window the click touches.
 Prints the first, second and third click; the last line is the ratio second / first (goal <= 0.1).
-`--small` uses the small test network. `--mode bf16|fast` serves in an accelerated mode
+`--small` uses the small test network. `--mode bf16|openvino|fast` serves in an accelerated mode
 (inference/accel/): its check runs first on another image, so the clicks timed are served in that mode.
 """
 
@@ -96,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--clicks", type=int, default=3, help="at least 2")
-    parser.add_argument("--mode", default="exact", choices=["exact", "fast", "bf16"])
+    parser.add_argument("--mode", default="exact", choices=["exact", "fast", "bf16", "openvino"])
     parser.add_argument(
         "--min-dice", type=float, default=0.99, help="the check's threshold (random weights agree less than trained)"
     )
