@@ -452,3 +452,18 @@ def test_batch_inference_runs_in_the_checked_mode_and_reports_it(
     with tarfile.open(fileobj=io.BytesIO(tar.content)) as archive:
         outputs = [n for n in archive.getnames() if n.endswith("_seg.nrrd")]
     assert len(outputs) == done["result"]["images"] == len(list((local_dataset / "imagesTr").iterdir()))
+
+
+def test_only_a_small_json_report_from_the_model_host_is_kept(
+    api, local_dataset: Path, demo_zips: dict[str, Path]
+) -> None:  # type: ignore[no-untyped-def]
+    """The report comes from the model host, which runs model code: nothing else reaches the experiment."""
+    from medcloud.experiments.realtime import record_inference
+
+    dataset_id, _image_id = _dataset_and_image(api, local_dataset)
+    exp = _experiment(api, dataset_id, demo_zips["segmentation"])
+    for hostile in ("bf16", ["mode"], {"padding": "x" * 20_000}, {"mode": float("nan"), "bad": object()}):
+        record_inference(api.ctx, exp["id"], hostile)
+        assert api.get(f"experiments/{exp['id']}").json()["inference"] is None
+    record_inference(api.ctx, exp["id"], {"requested": "bf16", "mode": "exact", "reason": "r", "check": None})
+    assert api.get(f"experiments/{exp['id']}").json()["inference"]["reason"] == "r"

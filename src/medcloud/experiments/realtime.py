@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -19,6 +21,7 @@ from medcloud.experiments.schemas import ExperimentCreate, InferenceSpecs
 from medcloud.families.registry import family_of
 from medcloud.inference.hosts import HostSpec
 
+log = logging.getLogger(__name__)
 URL_IMAGES = "url-images"  # cache namespace of images given as URLs
 
 
@@ -52,9 +55,24 @@ def host_spec(row: Experiment, settings: Settings) -> HostSpec:
     )
 
 
-def record_inference(ctx: Context, experiment_id: str, report: dict | None) -> None:
-    """Keep the host's inference mode and check on the experiment (blocking), when it changed."""
+MAX_INFERENCE_REPORT_BYTES = 16_384
+
+
+def record_inference(ctx: Context, experiment_id: str, report: object) -> None:
+    """Keep the host's inference mode and check on the experiment (blocking), when it changed.
+
+    The report comes from the model host, which runs model code: only a small JSON object is kept.
+    """
     if report is None:
+        return
+    try:
+        size = len(json.dumps(report))
+    except (TypeError, ValueError):
+        size = -1
+    if not isinstance(report, dict) or not 0 < size <= MAX_INFERENCE_REPORT_BYTES:
+        log.warning(
+            "Experiment %s: the model host's inference report was refused (not a small JSON object)", experiment_id
+        )
         return
     with ctx.db.session() as session:
         row = session.get(Experiment, experiment_id)
