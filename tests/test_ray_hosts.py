@@ -303,6 +303,27 @@ def test_two_replicas_share_a_gpu_hot_swap_reaches_every_replica_and_a_crash_is_
         assert app_name(eid) not in serve.status().applications
 
 
+def test_a_ray_replica_serves_in_a_checked_faster_mode(ray_cluster, dataset, demo_zips, tmp_path):
+    """The replica builds the faster network, answers the check exactly, then serves in bf16 (or openvino);
+    its report travels back with the answer to the experiment."""
+    from medcloud.inference.accel.modes import unavailable_reason
+
+    mode = "bf16" if unavailable_reason("bf16", "cpu") is None else "openvino"
+    if unavailable_reason(mode, "cpu"):
+        pytest.skip(f"no faster mode on this CPU: {unavailable_reason(mode, 'cpu')}")
+    entry = manifest_entries(dataset)[0]
+    truth = nifti_array(dataset / entry["label"]["path"][0])
+    with make_api(tmp_path / "data", **ray_settings(ray_cluster)) as api:
+        dataset_id = create_dataset(api, dataset)
+        exp = create_experiment(api, dataset_id, demo_zips["segmentation"], model_params={"inference_mode": mode})
+        checked = segmentation(infer(api, exp["id"], entry["image"]["id"]), truth.shape)
+        shown = api.get(f"experiments/{exp['id']}").json()["inference"]
+        assert shown["mode"] == mode and shown["check"]["passed"] is True and shown["check"]["min_dice"] >= 0.99
+        served = segmentation(infer(api, exp["id"], entry["image"]["id"]), truth.shape)
+        assert dice(served, checked) >= 0.99 and dice(served, truth) > 0.8
+        assert api.delete(f"experiments/{exp['id']}").status_code == 200
+
+
 @requires_guides
 def test_guide_000_runs_as_written_against_medcloud_serve_on_ray(
     ray_cluster,
