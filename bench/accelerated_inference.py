@@ -23,14 +23,13 @@ from pathlib import Path
 import nrrd
 import numpy as np
 from common import REPO, Client, percentile, single_image_dataset, summary
+from serving_overhead import in_process  # the bundle's own evaluator, built once, fp32
 
 from medcloud.client.outputs import parse_multipart
 from medcloud.demo.bundles import make_segmentation_bundle
 from medcloud.demo.synthetic import write_synthetic_ct
 from medcloud.devserver import medcloud_serve
-from medcloud.inference import nrrd_writer
 from medcloud.inference.accel.compare import dice_per_label
-from medcloud.inference.predictors import BundlePredictor
 
 ZOO_SPLEEN = REPO.parent / "shared" / "reference" / "model-zoo" / "spleen_ct_segmentation"
 MODES = ("exact", "bf16", "openvino", "fast")
@@ -61,21 +60,6 @@ def trained_spleen_bundle(work: Path, cache: Path) -> Path:
     shutil.copy(trained / "models" / "model.pt", bundle / "models" / "model.pt")
     print(f"serving with the model zoo's configs/inference.json from {ZOO_SPLEEN}")
     return bundle
-
-
-def in_process(bundle: Path, image: Path, runs: int, out: Path) -> list[float]:
-    """The bundle's own evaluator, built once and run again and again (fp32, as written)."""
-    nrrd_writer.register()
-    predictor = BundlePredictor(bundle)
-    predictor.load()
-    evaluator = predictor._parser([{"image": str(image)}], out).get_parsed_content("evaluator")
-    evaluator.run()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        evaluator.run()
-        times.append(time.perf_counter() - started)
-    return times
 
 
 def infer(client: Client, experiment_id: str, image_id: str) -> tuple[float, np.ndarray]:

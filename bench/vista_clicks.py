@@ -23,20 +23,25 @@ from medcloud.families.vista3d.demo import make_vista3d_bundle
 from medcloud.inference.hosts import HostManager, HostSpec
 
 
+def ct_region(work: Path, name: str, seed: int) -> Path:
+    """128³ voxels at 1.5 mm: one 128³ window after the official resampling."""
+    image, _label = write_synthetic_ct(
+        work / f"{name}.nii.gz",
+        work / f"{name}_label.nii.gz",
+        seed=seed,
+        shape=(128, 128, 128),
+        spacing=(1.5, 1.5, 1.5),
+        rad_max=30,
+        rad_min=20,
+    )
+    return image
+
+
 async def run(small: bool, clicks: int, mode: str = "exact", min_dice: float = 0.99) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bundle = make_vista3d_bundle(work, train=False, full_size=not small)
-        # 128³ voxels at 1.5 mm: one 128³ window after the official resampling
-        image, label = write_synthetic_ct(
-            work / "ct.nii.gz",
-            work / "label.nii.gz",
-            seed=3,
-            shape=(128, 128, 128),
-            spacing=(1.5, 1.5, 1.5),
-            rad_max=30,
-            rad_min=20,
-        )
+        image = ct_region(work, "ct", seed=3)
         hosts = HostManager(Settings(data_dir=work, model_sandbox="off").resolved())
         spec = HostSpec(
             experiment_id="clicks",
@@ -51,15 +56,7 @@ async def run(small: bool, clicks: int, mode: str = "exact", min_dice: float = 0
         await hosts.start(spec, timeout=1800)
         print(f"host start (load weights, warm up): {time.perf_counter() - started:.1f} s")
         if mode != "exact":
-            other, _ = write_synthetic_ct(
-                work / "check.nii.gz",
-                work / "check_label.nii.gz",
-                seed=4,
-                shape=(128, 128, 128),
-                spacing=(1.5, 1.5, 1.5),
-                rad_max=30,
-                rad_min=20,
-            )
+            other = ct_region(work, "check", seed=4)
             started = time.perf_counter()
             outputs = await hosts.infer(
                 spec,

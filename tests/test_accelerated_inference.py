@@ -177,9 +177,6 @@ def test_a_fast_run_that_fails_falls_back_to_exact_with_the_error(
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             raise RuntimeError("unsupported operator Foo")
 
-        def refresh(self) -> None:
-            pass
-
     monkeypatch.setattr(accel_networks, "accelerated", lambda network, mode, device: Broken())
     monkeypatch.setattr(modes, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     bundle = demo_bundles["segmentation"]

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from medcloud.inference.accel.modes import InferenceMode
+
 
 class Settings(BaseSettings):
     """Server settings; each field is the environment variable `MEDCLOUD_<FIELD>`."""
@@ -113,7 +115,7 @@ class Settings(BaseSettings):
     host_start_timeout_s: float = 600.0
     # Accelerated inference (inference/accel/, docs/performance.md): the mode of experiments whose
     # model_params name none, and the check a faster mode must pass against the exact run.
-    inference_mode: Literal["exact", "fast", "bf16", "openvino"] = "exact"
+    inference_mode: InferenceMode = "exact"
     inference_check_min_dice: float = Field(default=0.99, ge=0.0, le=1.0)
     # How long a model host's start waits for its faster network (then the exact one serves until it is built).
     inference_prepare_wait_s: float = Field(default=120.0, ge=0.0)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medcloud.bundles.overrides import forbidden_keys
 from medcloud.families.registry import NETWORK_ARCHS
+from medcloud.inference.accel.modes import InferenceMode
 from medcloud.timestamps import UtcDatetime
 
 # One member per network_arch of the family registry (`NetworkArch.VISTA3D == "monai_vista3d"`).
@@ -29,7 +30,7 @@ class ModelParams(BaseModel):
     image_key: str = Field(default="image", min_length=1)
     replicas: int = Field(default=1, ge=1, le=8)
     # None: the server's MEDCLOUD_INFERENCE_MODE. A faster mode serves once checked (inference/accel/checked.py).
-    inference_mode: Literal["exact", "fast", "bf16", "openvino"] | None = None
+    inference_mode: InferenceMode | None = None
 
     @field_validator("labels")
     @classmethod

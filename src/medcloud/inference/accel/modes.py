@@ -20,10 +20,10 @@ import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 InferenceMode = Literal["exact", "fast", "bf16", "openvino"]
-MODES: tuple[str, ...] = ("exact", "fast", "bf16", "openvino")
+MODES: tuple[str, ...] = get_args(InferenceMode)
 
 
 @lru_cache(maxsize=1)
