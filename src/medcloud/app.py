@@ -13,6 +13,7 @@ from sqlalchemy import select
 from medcloud import __version__, viewer
 from medcloud.api import errors, openapi
 from medcloud.api.limits import BodyLimit
+from medcloud.auth.limits import AuthGuard
 from medcloud.auth.router import router as auth_router
 from medcloud.config import Settings
 from medcloud.context import Context
@@ -104,6 +105,7 @@ def create_app(
 
     app = FastAPI(title="medcloud", version=__version__, lifespan=lifespan)
     app.state.context = ctx
+    app.state.auth_guard = AuthGuard.from_settings(ctx.settings)  # limits on API keys, per process
     errors.install(app)
     openapi.install(app)
     app.add_middleware(

@@ -25,6 +25,21 @@ class Settings(BaseSettings):
         description="Signs tokens and encrypts stored secrets; generated into data_dir when unset.",
     )
     token_ttl_s: int = 24 * 3600
+    # Guessing or hammering API keys (auth/limits.py): limits per client address (an IPv6 /64), in each API
+    # process; over them the answer is 429 with Retry-After.
+    login_rate_per_minute: int = Field(
+        default=60, ge=0, description="Logins one client address may try per minute, in bursts of as many (0: off)."
+    )
+    auth_failures_per_minute: int = Field(
+        default=30,
+        ge=0,
+        description="Bad API keys (at /login or as `Authorization: ApiKey`) one client address may send per minute "
+        "before every key it sends gets 429 (0: off).",
+    )
+    bad_key_cache_s: float = Field(
+        default=30.0, ge=0, description="How long a refused API key is refused from memory, without a lookup (0: off)."
+    )
+
 
     # Blocking work runs in one bounded pool per kind (medcloud/pools.py), so slow storage or bundle
     # downloads never queue the token check of other requests.

@@ -33,3 +33,11 @@ class Forbidden(MedcloudError):
 
 class Unavailable(MedcloudError):
     """A dependency (storage, model host) failed in a way that is not the client's fault (HTTP 503)."""
+
+
+class TooManyRequests(MedcloudError):
+    """The caller went over a rate limit (HTTP 429, with `Retry-After: retry_after_s`)."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))

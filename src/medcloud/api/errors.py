@@ -22,6 +22,7 @@ STATUS_BY_ERROR: dict[type[errors.MedcloudError], int] = {
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
     errors.Unavailable: 503,
+    errors.TooManyRequests: 429,
 }
 
 
@@ -45,7 +46,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(errors.MedcloudError)
     async def _domain(_request: Request, exc: errors.MedcloudError) -> JSONResponse:
         status = next((code for cls, code in STATUS_BY_ERROR.items() if isinstance(exc, cls)), 400)
-        return error_response(status, exc.message)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, errors.TooManyRequests) else None
+        return error_response(status, exc.message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

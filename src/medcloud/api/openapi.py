@@ -164,9 +164,16 @@ def _finish_operation(path: str, operation: dict[str, Any]) -> None:
         errors["404"] = "Unknown, or not the caller's."
     if "requestBody" in operation:
         errors["413"] = "The request body is larger than MEDCLOUD_MAX_BODY_BYTES."
+    if secured or path == "/api/v1/login":
+        errors["429"] = (
+            "Too many logins or bad API keys from this address (auth/limits.py); `Retry-After` says when to retry."
+        )
     errors["503"] = "A dependency (storage, model host) failed; try again."
     for status, description in errors.items():
         responses.setdefault(status, _error(description))
+    if "429" in errors:
+        retry = {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}
+        responses["429"].setdefault("headers", {"Retry-After": retry})
 
 
 def build(app: FastAPI) -> dict[str, Any]:

@@ -21,6 +21,13 @@ HINT_CHARS = len(KEY_PREFIX) + 4  # shown by `keys list`; four random characters
 REVOKED = "The API key of this token was revoked or deleted; log in with a valid key."
 
 
+class InvalidKey(Unauthorized):
+    """No valid API key has this text (unknown or revoked): what `auth/limits.py` counts and remembers."""
+
+    def __init__(self) -> None:
+        super().__init__("Invalid API key.")
+
+
 @dataclass(frozen=True)
 class Principal:
     """The authenticated caller and the API key its token was minted from."""
@@ -84,10 +91,10 @@ def login(session: Session, *, api_key: str, signing_key: bytes, ttl_s: int) -> 
     """Exchange an API key for `(user_id, token)`; raises Unauthorized for an unknown or revoked key."""
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == _hash_key(api_key)))
     if row is None:
-        raise Unauthorized("Invalid API key.")
+        raise InvalidKey()
     state = _state(session, row.id)
     if state.revoked_at is not None:
-        raise Unauthorized("Invalid API key.")  # as unknown as a wrong one: a revoked key tells nothing
+        raise InvalidKey()  # as unknown as a wrong one: a revoked key tells nothing
     state.last_login = utcnow()
     now = int(time.time())
     claims = {"sub": row.user_id, "key": row.id, "iat": now, "exp": now + ttl_s}
@@ -98,7 +105,8 @@ def key_principal(session: Session, *, api_key: str) -> Principal:
     """The caller of an `Authorization: ApiKey <key>` request: the same checks as `login` (unknown or revoked
     key: 401), read from the database on every request, so a revocation takes effect at once.
 
-    The key is looked up by its SHA-256 digest: one indexed query, fast enough that no cache is needed.
+    The key is looked up by its SHA-256 digest: one indexed query. Nothing valid is cached (a revocation
+    takes effect at once); `auth/limits.py` remembers refused keys for a short while.
     """
     found = session.execute(
         select(ApiKey.id, ApiKey.user_id, KeyState.revoked_at)
@@ -106,7 +114,7 @@ def key_principal(session: Session, *, api_key: str) -> Principal:
         .where(ApiKey.key_hash == _hash_key(api_key))
     ).first()
     if found is None or found.revoked_at is not None:
-        raise Unauthorized("Invalid API key.")
+        raise InvalidKey()
     return Principal(user_id=found.user_id, key_id=found.id)
 
 
