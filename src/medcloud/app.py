@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from medcloud import __version__, viewer
-from medcloud.api import errors, openapi
+from medcloud.api import docs, errors, openapi
 from medcloud.api.limits import BodyLimit
 from medcloud.auth.limits import AuthGuard
 from medcloud.auth.router import router as auth_router
@@ -103,11 +103,13 @@ def create_app(
             await ctx.hosts.stop_all()
             ctx.close()
 
-    app = FastAPI(title="medcloud", version=__version__, lifespan=lifespan)
+    # FastAPI's own /docs and /redoc load scripts from a CDN: /docs is served from vendored files instead.
+    app = FastAPI(title="medcloud", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.context = ctx
     app.state.auth_guard = AuthGuard.from_settings(ctx.settings)  # limits on API keys, per process
     errors.install(app)
     openapi.install(app)
+    docs.install(app, enabled=ctx.settings.api_docs)
     app.add_middleware(
         BodyLimit,
         max_bytes=ctx.settings.max_body_bytes,

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     bad_key_cache_s: float = Field(
         default=30.0, ge=0, description="How long a refused API key is refused from memory, without a lookup (0: off)."
     )
+    api_docs: bool = Field(
+        default=True,
+        description="Serve Swagger UI at /docs from the installed package's files (never a CDN); false: no /docs.",
+    )
 
 
     # Blocking work runs in one bounded pool per kind (medcloud/pools.py), so slow storage or bundle
