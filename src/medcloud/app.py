@@ -73,7 +73,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Before adopting jobs: the data dir's modes must let running model code reach its own folders.
+        # Probe the model sandbox once, before any host or job starts (its mode is logged and in /health).
         await asyncio.to_thread(lambda: ctx.sandbox)
         sweeper = asyncio.create_task(_sweep_cache(ctx))
 
@@ -121,10 +121,10 @@ def create_app(
 
     @app.get("/api/v1/health/liveness")
     def liveness() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "model_sandbox": ctx.sandbox.describe()["mode"]}
 
     @app.get("/api/v1/health/readiness")
     def readiness() -> dict:
-        return {"status": "ok", "version": __version__}
+        return {"status": "ok", "version": __version__, "model_sandbox": ctx.sandbox.describe()}
 
     return app

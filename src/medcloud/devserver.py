@@ -14,12 +14,15 @@ from pathlib import Path
 
 import httpx
 
-# Test and benchmark servers fetch bundles, images and storage from this machine: loopback and local
-# bundle paths are allowed explicitly (the server's defaults refuse both); `env` overrides these.
+# Test and benchmark servers fetch bundles, images and storage from this machine and keep datasets in
+# temporary folders: loopback, local bundle paths and local datasets anywhere are allowed explicitly (the
+# server's defaults refuse them all); `env` overrides these.
 LOOPBACK_ENV = {
     "MEDCLOUD_EGRESS_ALLOWED_NETWORKS": '["127.0.0.0/8", "::1/128"]',
     "MEDCLOUD_BUNDLE_ALLOW_LOCAL_PATHS": "true",
     "MEDCLOUD_BUNDLE_ALLOWED_HOSTS": '["127.0.0.1", "localhost"]',
+    "MEDCLOUD_DATASET_ALLOW_LOCAL_PATHS": "true",
+    "MEDCLOUD_DATASET_LOCAL_ROOTS": '{"*": ["/"]}',
 }
 
 
@@ -60,18 +63,6 @@ def create_key(data_dir: Path, org: str, user: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def _sandbox_reachable(data_dir: Path) -> None:
-    """Tests keep data dirs in private temp folders: let the sandbox group pass through them (as root)."""
-    import grp
-
-    from medcloud.sandbox import grant_traversal
-
-    with contextlib.suppress(KeyError, OSError, subprocess.CalledProcessError):
-        if os.geteuid() == 0:
-            grp.getgrnam("medcloud-model")
-            grant_traversal(data_dir.parent, "medcloud-model")
-
-
 def _ready(url: str, proc: subprocess.Popen) -> bool:
     if proc.poll() is not None:
         raise RuntimeError(f"medcloud serve exited with {proc.returncode}")
@@ -88,7 +79,7 @@ def medcloud_serve(
     """Run `medcloud serve --no-demo` (`demo`: with the demo set-up) until the block ends; its model hosts stop with it."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    _sandbox_reachable(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "serve.log"
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(

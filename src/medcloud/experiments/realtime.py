@@ -30,11 +30,11 @@ def prepare_model(
 ) -> tuple[str, dict[str, str]]:
     """Put the experiment's model in `exp_dir/bundle` as its family does it (blocking); return its folder and labels.
 
-    The folder then belongs to the experiment's sandbox identity: its model code reads it, nobody else's.
+    The folder stays the server's; model code sees it read-only, in its sandbox only.
     """
     family = family_of(body.network_arch)
     bundle_dir, labels = family.prepare(ctx, body=body, base_row=base_row, exp_dir=exp_dir)
-    ctx.sandbox.prepare(exp_dir, experiment_id=exp_dir.name)
+    ctx.sandbox.make_readable(Path(bundle_dir))
     return bundle_dir, labels
 
 
@@ -123,7 +123,7 @@ def resolve_image(ctx: Context, *, row: Experiment, specs: InferenceSpecs) -> st
             ds = datasets.get_row(session, org=row.org, user_id=row.user_id, dataset_id=dataset_id)
         files = ctx.cache.lookup(ds.id, specs.image)
         if files is None:
-            source = datasets.source_of(ds, ctx.box)
+            source = datasets.source_of(ds, ctx.box, settings=ctx.settings)
             source.check_image(specs.image)
             files = dataset_actions.fetch_cached(ctx, dataset_id=ds.id, image_id=specs.image, source=source)
     return model_input(files, specs.image)

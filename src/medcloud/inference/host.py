@@ -1,24 +1,24 @@
 """The model-host process: loads one experiment's model once and answers requests over a local socket.
 
-Started by `hosts.ModelHost` as `python -m medcloud.inference.host --fd N --spec FILE`. It speaks
-pickled dicts over a `multiprocessing.connection.Connection` on an inherited socket:
-`{"op": "infer", "image", "params", "out_dir"}` → `{"ok": True, "files": [...]}` or
-`{"ok": False, "error": "..."}`; `{"op": "swap", "weights"}`; `{"op": "stop"}`. It exits when the
-parent goes away.
+Started by `hosts.ModelHost` in the sandbox (`sandbox.py`) as `python -m medcloud.inference.host --fd N`.
+It speaks length-prefixed JSON frames (`wire.py`) on the inherited socket: first `{"op": "load", "spec"}`
+→ `{"ok": True}`; then `{"op": "infer", "image", "params", "out_dir"}` → `{"ok": True, "files": [names
+relative to out_dir]}` or `{"ok": False, "error": "..."}`; `{"op": "swap", "weights"}`; `{"op": "stop"}`.
+It exits when the server goes away. This module runs model code: it never imports the server's modules.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import socket
 import sys
 import time
 import traceback
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from medcloud import wire
 from medcloud.inference.predictors import Predictor
 
 log = logging.getLogger("medcloud.host")
@@ -53,15 +53,30 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
+MAX_REQUEST_BYTES = 64 << 20  # the server's requests: a spec, prompts and parameters
+
+
+def relative_outputs(files: list[Path], out_dir: Path) -> list[str]:
+    names = []
+    for path in files:
+        path = Path(path)
+        if not path.is_absolute() or not path.is_relative_to(out_dir):
+            raise ValueError("the model named an output outside its output folder")
+        names.append(path.relative_to(out_dir).as_posix())
+    return names
+
+
 def handle(predictor: Predictor, msg: dict[str, Any]) -> dict[str, Any]:
     op = msg.get("op")
     started = time.perf_counter()
     try:
         if op == "infer":
-            files = predictor.predict(msg["image"], msg.get("params") or {}, Path(msg["out_dir"]))
+            out_dir = Path(msg["out_dir"])
+            out_dir.mkdir(parents=True, exist_ok=True)
+            files = predictor.predict(msg["image"], msg.get("params") or {}, out_dir)
             return {
                 "ok": True,
-                "files": [str(f) for f in files],
+                "files": relative_outputs(files, out_dir),
                 "seconds": time.perf_counter() - started,
                 "inference": inference_report(predictor),
             }
@@ -73,34 +88,36 @@ def handle(predictor: Predictor, msg: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": describe(exc)}
 
 
-def serve(conn: Connection, spec: dict[str, Any]) -> int:
+def serve(sock: socket.socket) -> int:
     try:
+        first = wire.receive(sock, max_bytes=MAX_REQUEST_BYTES)
+        spec = first["spec"]
         predictor = build_predictor(spec)
         predictor.load()
+    except (EOFError, OSError):
+        return 0
     except Exception as exc:
-        conn.send({"ok": False, "error": describe(exc)})
+        wire.send(sock, {"ok": False, "error": describe(exc)})
         return 1
-    conn.send({"ok": True})
+    wire.send(sock, {"ok": True})
     log.info("Model host ready for experiment %s", spec.get("experiment_id"))
     while True:
         try:
-            msg = conn.recv()
+            msg = wire.receive(sock, max_bytes=MAX_REQUEST_BYTES)
         except (EOFError, OSError):
             return 0  # the server went away
         if msg.get("op") == "stop":
-            conn.send({"ok": True})
+            wire.send(sock, {"ok": True})
             return 0
-        conn.send(handle(predictor, msg))
+        wire.send(sock, handle(predictor, msg))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--spec", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = json.loads(args.spec.read_text())
-    return serve(Connection(args.fd), spec)
+    return serve(socket.socket(fileno=args.fd))
 
 
 if __name__ == "__main__":

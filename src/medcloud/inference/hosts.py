@@ -1,6 +1,7 @@
-"""The API side of model hosts: start one warm process per real-time experiment, forward requests.
+"""The API side of model hosts: start one warm, sandboxed process per real-time experiment, forward requests.
 
-Blocking socket work runs in worker threads; each host serves one request at a time behind an
+The host runs model code (`sandbox.py`): it gets its spec and requests as JSON frames (`wire.py`) and
+answers the same way; its outputs are opened through `confined.py`. Blocking socket work runs in worker threads; each host serves one request at a time behind an
 asyncio lock, so waiting requests cost the event loop nothing. A host that dies is reported to the
 request in flight and started again on the next request.
 """
@@ -9,25 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
+from medcloud import wire
 from medcloud.config import Settings
-from medcloud.confined import open_regular
+from medcloud.confined import open_beneath, open_dir, parts_of, walk_dirs
 from medcloud.errors import Conflict, Invalid, Unavailable
 
 if TYPE_CHECKING:
@@ -58,16 +58,28 @@ class HostDied(Unavailable):
     """The host process exited while we waited for it."""
 
 
-class ModelHost:
-    """One model-host process and the socket to it (blocking methods: call from a thread)."""
+MAX_REPLY_BYTES = 1 << 20  # a host's reply: a few output names, an error line, a small report
+MAX_ERROR_CHARS = 2000
+HOST_LOG = "host.log"
 
-    def __init__(self, spec: HostSpec, work_dir: Path, python: str, sandbox: Sandbox | None = None) -> None:
+
+class ModelHost:
+    """One sandboxed model-host process and the socket to it (blocking methods: call from a thread).
+
+    Its folder `hosts/<experiment>/` is the server's: `host.log` (the host's output, opened here and handed
+    over as its stdout), `in/` (each request's input, staged here, read-only for the host) and `out/` (the
+    one folder the host may write, made afresh at every start and read back through `confined.py`).
+    """
+
+    def __init__(self, spec: HostSpec, work_dir: Path, sandbox: Sandbox) -> None:
         self.spec = spec
         self.work_dir = work_dir
-        self.python = python
+        self.in_dir = work_dir / "in"
+        self.out_dir = work_dir / "out"
         self.sandbox = sandbox
         self._proc: subprocess.Popen | None = None
-        self._conn: Connection | None = None
+        self._sock: socket.socket | None = None
+        self._out_fd: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -77,30 +89,45 @@ class ModelHost:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def _prepare_folders(self) -> None:
+        """`in/` the server's, `out/` made afresh for the host's identity; anything else left there goes."""
+        if self.work_dir.is_symlink():
+            self.work_dir.unlink()
+        if self.work_dir.exists() and self.work_dir.lstat().st_uid != os.geteuid():
+            shutil.rmtree(self.work_dir)  # a folder of an older, uid-owned layout
+        self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.work_dir, 0o700, follow_symlinks=False)
+        shutil.rmtree(self.in_dir, ignore_errors=True)
+        self.in_dir.mkdir(mode=0o755)
+        os.chmod(self.in_dir, 0o755)
+        self.sandbox.fresh_folder(self.out_dir, experiment_id=self.spec.experiment_id)
+        self._out_fd = open_dir(self.out_dir)
+
     def start(self, timeout: float) -> None:
-        """Spawn the process and wait until its model is loaded; raise Invalid with its error."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = self.work_dir / "host-spec.json"
-        spec_path.write_text(json.dumps(asdict(self.spec)))
+        """Spawn the sandboxed process, hand it its spec and wait until its model is loaded."""
+        self._prepare_folders()
         ours, theirs = socket.socketpair()
-        # Model code: a scrubbed environment, and its experiment's own user when the sandbox is active.
-        process = (
-            self.sandbox.popen_kwargs(experiment_id=self.spec.experiment_id, home=self.work_dir)
-            if self.sandbox is not None
-            else {"env": {**os.environ, "PYTHONUNBUFFERED": "1"}}
+        launch = self.sandbox.launch(
+            ["-m", "medcloud.inference.host", "--fd", str(theirs.fileno())],
+            experiment_id=self.spec.experiment_id,
+            readable=[Path(self.spec.bundle_dir), self.in_dir],
+            writable=self.out_dir,
+            keep_fds=[theirs.fileno()],
         )
-        with open(self.work_dir / "host.log", "ab") as log_file:
-            self._proc = subprocess.Popen(
-                [self.python, "-m", "medcloud.inference.host", "--fd", str(theirs.fileno()), "--spec", str(spec_path)],
-                pass_fds=[theirs.fileno()],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **process,
-            )
-        theirs.close()
-        self._conn = Connection(ours.detach())
+        log_fd = os.open(
+            self.work_dir / HOST_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
         try:
+            self._proc = subprocess.Popen(
+                launch.argv, stdout=log_fd, stderr=subprocess.STDOUT, start_new_session=True, **launch.popen_kwargs()
+            )
+        finally:
+            os.close(log_fd)
+            theirs.close()
+            launch.close()
+        self._sock = ours
+        try:
+            wire.send(ours, {"op": "load", "spec": asdict(self.spec)})
             reply = self._receive(timeout, waiting_for="load the model")
         except Exception:
             self.stop()
@@ -111,10 +138,10 @@ class ModelHost:
 
     def call(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send one request and wait for its reply; a timeout ends the host (its reply would be stale)."""
-        if not self.alive or self._conn is None:
+        if not self.alive or self._sock is None:
             raise HostDied("Error: the model host is not running.")
         try:
-            self._conn.send(msg)
+            wire.send(self._sock, msg)
             return self._receive(timeout, waiting_for="answer")
         except (HostDied, TimeoutError):
             self.stop()
@@ -124,29 +151,67 @@ class ModelHost:
             raise HostDied(f"Error: lost the connection to the model host: {exc}") from None
 
     def _receive(self, timeout: float, *, waiting_for: str) -> dict[str, Any]:
+        """The host's next frame, checked (`checked_reply`); a host that sends garbage is stopped."""
         deadline = time.monotonic() + timeout
-        assert self._conn is not None
-        while not self._conn.poll(0.05):
+        assert self._sock is not None
+        while not select.select([self._sock], [], [], 0.05)[0]:
             if not self.alive:
                 code = self._proc.returncode if self._proc else None
                 raise HostDied(
-                    f"Error: the model host exited (code {code}) before it could {waiting_for}; "
-                    f"see {self.work_dir / 'host.log'}. It is started again on the next request."
+                    f"Error: the model host exited (code {code}) before it could {waiting_for}; see {HOST_LOG} in "
+                    "its host folder. It is started again on the next request."
                 )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Error: the model host did not {waiting_for} within {timeout:.0f} s.")
+        self._sock.settimeout(max(deadline - time.monotonic(), 1.0))
         try:
-            return self._conn.recv()
+            return checked_reply(wire.receive(self._sock, max_bytes=MAX_REPLY_BYTES))
         except (EOFError, OSError):
             raise HostDied(
                 "Error: the model host closed the connection; it is started again on the next request."
             ) from None
+        except wire.WireError as exc:
+            raise HostDied(f"Error: the model host sent a malformed reply ({exc}); it is started again.") from None
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(None)
+
+    def open_outputs(self, request: str, names: list[str]) -> Outputs:
+        """The request's output files, opened below `out/` one name at a time (never through a link)."""
+        assert self._out_fd is not None
+        outputs = Outputs(files=[], folder=None, cleanup=functools.partial(self._forget, request))
+        try:
+            request_fd = walk_dirs(self._out_fd, [request])
+        except OSError:
+            outputs.close()
+            raise Unavailable("Error: the model host's output folder is missing or was replaced.") from None
+        try:
+            for name in names:
+                try:
+                    outputs.files.append((name, open_beneath(request_fd, name)))
+                except OSError as exc:
+                    raise Unavailable(f"Error: the model's output {name!r} cannot be read: {exc}") from None
+        except BaseException:
+            outputs.close()
+            raise
+        finally:
+            os.close(request_fd)
+        return outputs
+
+    def _forget(self, request: str) -> None:
+        """Remove a request's input (ours) and output (the host's: removed through an fd, links not followed)."""
+        shutil.rmtree(self.in_dir / request, ignore_errors=True)
+        if self._out_fd is not None:
+            try:
+                shutil.rmtree(request, dir_fd=self._out_fd)
+            except OSError:
+                pass
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Ask politely, then kill the whole process group; frees the device."""
-        if self._conn is not None and self.alive:
+        if self._sock is not None and self.alive:
             try:
-                self._conn.send({"op": "stop"})
+                wire.send(self._sock, {"op": "stop"})
             except OSError:
                 pass
         if self._proc is not None:
@@ -158,9 +223,36 @@ class ModelHost:
                 except ProcessLookupError:
                     pass
                 self._proc.wait()
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        if self._out_fd is not None:
+            os.close(self._out_fd)
+            self._out_fd = None
+
+
+def checked_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """A host's reply reduced to what the server uses, each of the type it must have (WireError if not)."""
+    ok = reply.get("ok")
+    if not isinstance(ok, bool):
+        raise wire.WireError("`ok` is not a boolean")
+    checked: dict[str, Any] = {"ok": ok}
+    if not ok:
+        error = reply.get("error")
+        checked["error"] = (error if isinstance(error, str) else "the model failed")[:MAX_ERROR_CHARS]
+        return checked
+    files = reply.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        raise wire.WireError("`files` is not a list of names")
+    for name in files:
+        try:
+            parts_of(name)
+        except OSError:
+            raise wire.WireError(f"the output name {name[:100]!r} is not a plain relative path") from None
+    checked["files"] = files
+    inference = reply.get("inference")
+    checked["inference"] = inference if isinstance(inference, dict) else None
+    return checked
 
 
 class HostManager:
@@ -170,7 +262,6 @@ class HostManager:
         self.settings = settings
         self.executor = executor  # the "model" pool (pools.py); None: the default thread pool
         self.root = settings.data_dir / "hosts"
-        self.python = settings.host_python or sys.executable
         self._hosts: dict[str, ModelHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # Experiments deleted or turned off: a request that read the row before and waited behind the stop
@@ -197,7 +288,7 @@ class HostManager:
         old = self._hosts.pop(spec.experiment_id, None)
         if old is not None:
             await self._run(old.stop)
-        host = ModelHost(spec, self.root / spec.experiment_id, self.python, await self._run(self._sandbox))
+        host = ModelHost(spec, self.root / spec.experiment_id, await self._run(self._sandbox))
         try:
             await self._run(host.start, timeout)
         except TimeoutError as exc:
@@ -228,21 +319,22 @@ class HostManager:
             host = self._hosts.get(spec.experiment_id)
             if host is None or not host.alive:
                 host = await self._start_locked(spec, timeout if start_timeout is None else start_timeout)
-            request_dir = host.work_dir / "requests" / uuid.uuid4().hex
-            out_dir = request_dir / "out"
+            request = uuid.uuid4().hex
             try:
-                staged = await self._run(self._stage_request, spec.experiment_id, Path(image), request_dir)
+                staged = await self._run(self._sandbox().stage, Path(image), host.in_dir / request / Path(image).name)
                 reply = await self._run(
-                    host.call, {"op": "infer", "image": str(staged), "params": params, "out_dir": str(out_dir)}, timeout
+                    host.call,
+                    {"op": "infer", "image": str(staged), "params": params, "out_dir": str(host.out_dir / request)},
+                    timeout,
                 )
                 if not reply.get("ok"):
                     raise Invalid(f"Error: {reply.get('error')}")
-                # The caller streams them and then calls `close()`, which removes the request's folder.
-                outputs = await self._run(_open_outputs, request_dir, out_dir, reply["files"])
+                # The caller streams them and then calls `close()`, which removes the request's folders.
+                outputs = await self._run(host.open_outputs, request, reply["files"])
                 outputs.inference = reply.get("inference")
                 return outputs
             except BaseException as exc:
-                await self._run(shutil.rmtree, request_dir, True)
+                await self._run(host._forget, request)
                 if isinstance(exc, TimeoutError):
                     raise Unavailable(str(exc)) from None
                 raise
@@ -252,21 +344,8 @@ class HostManager:
 
         return sandbox_for(self.settings)
 
-    def _stage_weights(self, experiment_id: str, weights: Path, work_dir: Path) -> Path:
-        sandbox = self._sandbox()
-        staged = sandbox.stage(
-            weights, work_dir / "weights" / uuid.uuid4().hex / "model.pt", experiment_id=experiment_id
-        )
-        sandbox.prepare(work_dir / "weights", experiment_id=experiment_id)
-        return staged
-
-    def _stage_request(self, experiment_id: str, image: Path, request_dir: Path) -> Path:
-        """The request's folder, owned by the host's identity: the input linked in, an empty output folder."""
-        sandbox = self._sandbox()
-        staged = sandbox.stage(image, request_dir / "in" / image.name, experiment_id=experiment_id)
-        (request_dir / "out").mkdir(parents=True)
-        sandbox.prepare(request_dir, experiment_id=experiment_id)
-        return staged
+    def _stage_weights(self, host: ModelHost, weights: Path) -> Path:
+        return self._sandbox().stage(weights, host.in_dir / "weights" / uuid.uuid4().hex / "model.pt")
 
     async def swap(self, experiment_id: str, weights: Path, timeout: float = 120) -> None:
         """Load new weights into the running host between two requests."""
@@ -274,7 +353,7 @@ class HostManager:
             host = self._hosts.get(experiment_id)
             if host is None or not host.alive:
                 return  # the next start loads the bundle's (updated) weights
-            staged = await self._run(self._stage_weights, experiment_id, weights, host.work_dir)
+            staged = await self._run(self._stage_weights, host, weights)
             reply = await self._run(host.call, {"op": "swap", "weights": str(staged)}, timeout)
             if not reply.get("ok"):
                 raise Unavailable(f"Error: swapping weights failed: {reply.get('error')}")
@@ -311,31 +390,14 @@ class Outputs:
     """The output files of one request, open for reading; `close()` (blocking) closes them and removes their folder."""
 
     files: list[tuple[str, BinaryIO]]  # (name relative to the output folder, open file)
-    folder: Path | None  # None: the files are in memory (a backend whose models run elsewhere)
+    folder: Path | None = None  # a folder of the server's to remove afterwards (None: nothing, or `cleanup`)
     inference: dict[str, Any] | None = None  # the host's inference mode and check (inference/accel/checked.py)
+    cleanup: Callable[[], None] | None = None  # removes the request's folders (a model host's)
 
     def close(self) -> None:
         for _name, handle in self.files:
             handle.close()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _open_outputs(request_dir: Path, out_dir: Path, files: list[str]) -> Outputs:
-    """Open each output file: regular files inside `out_dir` only (the host is model code: it may name
-    any path, or leave a link to one). Opened, not read: the reply streams them."""
-    outputs = Outputs(files=[], folder=request_dir)
-    try:
-        for name in files:
-            path = Path(name)
-            if not path.is_absolute() or not path.is_relative_to(out_dir):
-                raise Unavailable("Error: the model host named an output outside its output folder.")
-            try:
-                outputs.files.append((path.relative_to(out_dir).as_posix(), open_regular(path, out_dir)))
-            except OSError as exc:
-                raise Unavailable(f"Error: the model's output {path.name} cannot be read: {exc}") from None
-    except BaseException:
-        for _name, handle in outputs.files:
-            handle.close()
-        raise
-    return outputs
+        if self.cleanup is not None:
+            self.cleanup()
