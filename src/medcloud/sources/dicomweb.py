@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import tempfile
 import threading
@@ -30,6 +31,8 @@ from medcloud.egress import split_url
 from medcloud.errors import Invalid, MedcloudError, Unavailable
 from medcloud.imaging.seg import seg_to_labels
 from medcloud.imaging.series import SeriesVolume, as_part10, read_series, write_label_nifti, write_nifti
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3
 OPEN_READ_TIMEOUT_S = 10
@@ -120,7 +123,14 @@ def dicomweb_errors(url: str, *, fault: type[MedcloudError] = Unavailable) -> It
 
 def _is_uid(text: object) -> bool:
     """True for a DICOM UID (digits and dots, at most 64 characters): safe in URLs and file names."""
-    return isinstance(text, str) and len(text) <= 64 and bool(_UID.match(text))
+    return isinstance(text, str) and len(text) <= 64 and bool(_UID.fullmatch(text))  # `$` would allow a "\n"
+
+
+def _not_a_uid(url: str, name: str, owner: str) -> Invalid:
+    return Invalid(
+        f"The DICOMweb server at {url} answered a {name}{owner} that is not a DICOM UID (digits and dots, "
+        "at most 64 characters); nothing was requested with it."
+    )
 
 
 def _value(item: dict[str, Any], tag: str) -> str:
@@ -206,12 +216,37 @@ class DicomWebSource:
             )
 
     def _images(self, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The QIDO rows of image series; a row whose SeriesInstanceUID is not a UID names no image (skipped)."""
         rows = self._search({**self._query, **(extra or {})})
-        return [row for row in rows if _value(row, "00080060").upper() not in NOT_IMAGES]
+        images = [row for row in rows if _value(row, "00080060").upper() not in NOT_IMAGES]
+        kept = [row for row in images if _is_uid(_value(row, "0020000E"))]
+        if len(kept) < len(images):
+            log.warning(
+                "The DICOMweb server at %s listed %d series whose SeriesInstanceUID is not a DICOM UID; "
+                "they were skipped",
+                self.url,
+                len(images) - len(kept),
+            )
+        return kept
+
+    def _study_of(self, row: dict[str, Any], series_uid: str) -> str:
+        """The StudyInstanceUID of a QIDO row, checked before it goes into a WADO-RS path."""
+        study_uid = _value(row, "0020000D")
+        if not _is_uid(study_uid):
+            raise _not_a_uid(self.url, "StudyInstanceUID", f" for series {series_uid}")
+        return study_uid
+
+    def _series_path(self, study_uid: str, series_uid: str) -> str:
+        """`/studies/{study}/series/{series}` of a WADO-RS request; both checked to be UIDs (the last guard)."""
+        for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
+            if not _is_uid(uid):
+                raise _not_a_uid(self.url, name, "")
+        return f"/studies/{study_uid}/series/{series_uid}"
 
     def _segs(self) -> dict[str, frozenset[str]]:
         """SEG series uid -> referenced series uids, for every SEG on the server now."""
-        rows = [(_value(r, "0020000D"), _value(r, "0020000E")) for r in self._search({"Modality": "SEG"})]
+        found = [(_value(r, "0020000D"), _value(r, "0020000E")) for r in self._search({"Modality": "SEG"})]
+        rows = [(st, se) for st, se in found if _is_uid(st) and _is_uid(se)]  # others cannot be asked for
         with self._lock:
             missing = [(st, se) for st, se in rows if se not in self._seg_refs]
         if missing:
@@ -223,6 +258,7 @@ class DicomWebSource:
             return {se: self._seg_refs[se] for _, se in rows}
 
     def _seg_metadata_refs(self, study_uid: str, series_uid: str) -> frozenset[str]:
+        self._series_path(study_uid, series_uid)  # both UIDs, before the client builds its URL from them
         with dicomweb_errors(self.url):
             return _referenced_series(self._client.retrieve_series_metadata(study_uid, series_uid))
 
@@ -256,16 +292,17 @@ class DicomWebSource:
         """What `nextimage` returns beside the id (API.md §3.1); missing tags are "UNK"."""
         row = self._row(image_id)
         meta = {name: _value(row, tag) for name, tag in META_TAGS.items()}
-        meta["RetrieveURL"] = f"{self.url}/studies/{meta['StudyInstanceUID']}/series/{image_id}"
+        meta["RetrieveURL"] = self.url + self._series_path(self._study_of(row, image_id), image_id)
         return meta
 
     def _retrieve(self, study_uid: str, series_uid: str, folder: Path) -> list[Path]:
         """Every instance of a series as a Part-10 file `folder/<SOPInstanceUID>.dcm` (WADO-RS)."""
+        wado_path = self._series_path(study_uid, series_uid)
         folder.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
         with dicomweb_errors(self.url):
             response = self._session.get(
-                f"{self.url}/studies/{study_uid}/series/{series_uid}",
+                self.url + wado_path,
                 headers={"Accept": _ACCEPT_DICOM},
                 stream=True,
                 timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
@@ -285,7 +322,7 @@ class DicomWebSource:
         """Download the series: `[dest_dir/<uid>.nii.gz (HU volume), dest_dir/dicom/<SOPInstanceUID>.dcm...]`."""
         row = self._row(image_id)
         dest_dir = Path(dest_dir)
-        files = self._retrieve(_value(row, "0020000D"), image_id, dest_dir / "dicom")
+        files = self._retrieve(self._study_of(row, image_id), image_id, dest_dir / "dicom")
         try:
             volume = read_series(files)
         except ValueError as exc:
@@ -311,8 +348,9 @@ class DicomWebSource:
         dest = Path(dest)
         target = dest if dest.name.endswith((".nii", ".nii.gz")) else dest / f"{seg_series_uid}.nii.gz"
         target.parent.mkdir(parents=True, exist_ok=True)
+        study_uid = self._study_of(rows[0], seg_series_uid)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".seg-") as tmp:
-            files = self._retrieve(_value(rows[0], "0020000D"), seg_series_uid, Path(tmp))
+            files = self._retrieve(study_uid, seg_series_uid, Path(tmp))
             try:
                 parts = [seg_to_labels(path, image, labels) for path in files]
             except ValueError as exc:
