@@ -69,12 +69,14 @@ def sandbox_reachable(data_dir: Path) -> None:
 
 USERS = {"alice": "acme", "bob": "acme", "eve": "other"}
 # Tests fetch bundles, images, storage (moto, Azurite), DICOMweb (Orthanc) and MLflow from this machine and
-# use local bundle paths: allowed explicitly here, as the server's defaults refuse both. Any setting passed
-# to make_api overrides these.
+# use local bundle paths and local datasets in temporary folders: allowed explicitly here, as the server's
+# defaults refuse them. Any setting passed to make_api overrides these.
 LOCAL_TEST_SETTINGS: dict[str, object] = {
     "egress_allowed_networks": ["127.0.0.0/8", "::1/128"],
     "bundle_allow_local_paths": True,
     "bundle_allowed_hosts": ["127.0.0.1", "localhost"],
+    "dataset_allow_local_paths": True,
+    "dataset_local_roots": {"*": ["/"]},
 }
 
 

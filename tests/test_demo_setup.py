@@ -10,11 +10,12 @@ from fastapi.testclient import TestClient
 from medcloud.app import create_app
 from medcloud.config import Settings
 from medcloud.context import Context
-from medcloud.demo.setup import prepare_demo
+from medcloud.demo.setup import prepare_demo, with_demo_local_paths
 
 
 def test_demo_prepares_everything_guide_000_needs_and_is_idempotent(tmp_path):
-    ctx = Context.build(Settings(data_dir=tmp_path, bundle_allow_local_paths=True))  # as scripts/serve.sh does
+    # as scripts/serve.sh and `medcloud serve` with the demo do: the demo org's datasets are in data/demo
+    ctx = Context.build(with_demo_local_paths(Settings(data_dir=tmp_path, bundle_allow_local_paths=True)))
     out = io.StringIO()
     prepare_demo(ctx, out=out)
     key = out.getvalue().strip().splitlines()[-1]

@@ -271,6 +271,7 @@ def fuzz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fuzz]:
             bundle_allowed_hosts=[],  # no URL leaves the machine; local bundle files only
             bundle_allow_local_paths=True,
             dataset_allow_local_paths=True,
+            dataset_local_roots={"*": [str(tmp_path)]},
             max_train_jobs=1,
         )
     )

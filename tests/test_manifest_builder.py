@@ -200,4 +200,4 @@ def _server_image_ids(api, dataset_id: str) -> set[str]:  # noqa: ANN001
     with api.ctx.db.session() as session:
         row = session.get(Dataset, dataset_id)
         session.expunge(row)
-    return set(service.source_of(row, api.ctx.box).image_ids())
+    return set(service.source_of(row, api.ctx.box, settings=api.ctx.settings).image_ids())

@@ -571,7 +571,7 @@ def test_dicomweb_volume_label_and_saving_a_seg(vapi, pacs):
     with vapi.ctx.db.session() as session:
         row = service.get_row(session, org="acme", user_id=_user_id(vapi, "alice"), dataset_id=dataset)
         given = dataset_input(vapi.ctx, session, row.id, with_notified=True)
-    source = service.source_of(row, vapi.ctx.box)
+    source = service.source_of(row, vapi.ctx.box, settings=vapi.ctx.settings)
     items = dicomweb_items(vapi.ctx, given, source, LABELS)
     assert [item["label_id"] for item in items] == [newest]
     assert np.array_equal(np.asarray(nib.load(items[0]["label"]).dataobj), second)

@@ -39,9 +39,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     startup = []
     if demo:
         from medcloud.demo.annotation import serve_annotation_demo
-        from medcloud.demo.setup import with_demo_models
+        from medcloud.demo.setup import with_demo_local_paths, with_demo_models
 
         settings = with_demo_models(settings, out=sys.stdout)  # unless the operator configured one
+        settings = with_demo_local_paths(settings)  # the demo org's datasets are folders in data/demo
         startup.append(serve_annotation_demo)
     ctx = Context.build(settings)
     if demo:

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medcloud.inference.accel.modes import InferenceMode
+from medcloud.sources.limits import DEFAULT_MAX_VOXELS, DEFAULT_WADO_MAX_BYTES
 
 
 class Settings(BaseSettings):
@@ -100,9 +101,31 @@ class Settings(BaseSettings):
         description="Largest label volume a viewer may save (PUT .../images/{id}/label; 413 above), held in memory.",
     )
 
+    # Datasets and `local` workspaces on this server's own folders (sources/local_roots.py): off by default;
+    # when on, each org reaches only the folders listed for it (links resolved). The demo turns both on for
+    # its own org and folder (demo/setup.py).
     dataset_allow_local_paths: bool = Field(
-        default=True,
+        default=False,
         description="Allow datasets and `local` workspaces on the server's own folders (paths, file:// URLs).",
+    )
+    dataset_local_roots: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Folders each org\'s local datasets and workspaces must lie in, e.g. {"acme": ["/srv/acme"], '
+        '"*": ["/srv/shared"]} ("*": every org); none for an org refuses its local paths.',
+    )
+    # Volumes are checked from their headers before a voxel is decompressed (imaging/voxels.py).
+    max_voxels: int = Field(
+        default=DEFAULT_MAX_VOXELS,
+        ge=1,
+        description="Most voxels of an image, label or DICOM SEG the server reads (400 above, read from headers).",
+    )
+    max_label_saves: int = Field(
+        default=4, ge=1, description="Label saves (PUT .../label) at once per API process; 503 with Retry-After above."
+    )
+    wado_max_bytes: int = Field(
+        default=DEFAULT_WADO_MAX_BYTES,
+        ge=1,
+        description="Largest answer read from a DICOMweb server (a series by WADO-RS, metadata, QIDO).",
     )
     # Every URL a client gives (bundles, inference images, DICOMweb, object-storage endpoints, MLflow,
     # GCS token_uri) is checked by medcloud/egress.py: http(s) only, and no private, loopback, link-local,
@@ -130,6 +153,11 @@ class Settings(BaseSettings):
     # `shared/orgs/{org}/users/{user_id}/jobs/{job_id}/` (`ngc`: where the hosted service's notebooks read).
     results_layout: Literal["results", "ngc"] = "results"
     image_cache_max_ttl_s: int = 3600
+    image_cache_max_bytes: int = Field(
+        default=50 * 1024**3,
+        ge=1,
+        description="Bytes the image cache keeps; least recently used images go first (the newest always stays).",
+    )
     cache_sweep_interval_s: float = 30.0
     host_start_timeout_s: float = 600.0
     # Accelerated inference (inference/accel/, docs/performance.md): the mode of experiments whose
@@ -191,6 +219,15 @@ class Settings(BaseSettings):
 
         for network in value:
             ipaddress.ip_network(network, strict=False)  # a typo fails at start-up, not at the first download
+        return value
+
+    @field_validator("dataset_local_roots")
+    @classmethod
+    def _roots(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for org, folders in value.items():
+            for folder in folders:
+                if not Path(folder).is_absolute():  # a typo fails at start-up, not at the first dataset
+                    raise ValueError(f"dataset_local_roots[{org!r}]: {folder!r} is not an absolute path")
         return value
 
     @property

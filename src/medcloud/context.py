@@ -61,7 +61,11 @@ class Context:
             db=Database(settings.sqlalchemy_url),
             box=SecretBox(master),
             signing_key=derive_key(master, "jwt"),
-            cache=ImageCache(settings.data_dir / "cache", max_ttl_s=settings.image_cache_max_ttl_s),
+            cache=ImageCache(
+                settings.data_dir / "cache",
+                max_ttl_s=settings.image_cache_max_ttl_s,
+                max_bytes=settings.image_cache_max_bytes,
+            ),
             hosts=choose.host_backend(settings, executor=pools.executor("model")),
             jobs=choose.job_backend(settings),
             pools=pools,

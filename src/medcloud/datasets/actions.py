@@ -14,6 +14,7 @@ from medcloud.datasets import service
 from medcloud.datasets.orm import Dataset
 from medcloud.datasets.schemas import CacheImageSpecs
 from medcloud.errors import Invalid, NotFound
+from medcloud.imaging import voxels
 from medcloud.sources.base import DataSource
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,21 @@ def fetch_cached(
 
     The cache is shared by every user and keyed by ids clients send: `dataset_id` must be one whose
     ownership the caller has already checked (as the dataset actions and `realtime.resolve_image` do).
+    A volume over `MEDCLOUD_MAX_VOXELS` (read from its headers) is refused before it enters the cache.
     """
     hit = ctx.cache.lookup(dataset_id, image_id)
     if hit is not None:
         return hit
     if source is None:
         raise Invalid(f"Image {image_id} is not cached and its dataset cannot be read.")
-    return ctx.cache.get_or_fetch(dataset_id, image_id, lambda dest: source.fetch(image_id, dest), ttl_s=ttl_s)
+    opened = source
+
+    def fetch(dest: Path) -> list[Path]:
+        files = opened.fetch(image_id, dest)
+        voxels.check_files(files, ctx.settings.max_voxels, what=f"Image {image_id}")
+        return files
+
+    return ctx.cache.get_or_fetch(dataset_id, image_id, fetch, ttl_s=ttl_s)
 
 
 def start_caching(ctx: Context, *, dataset_id: str, image_id: str, source: DataSource, ttl_s: int | None) -> Future:
@@ -68,7 +77,7 @@ def cacheimage(ctx: Context, *, row: Dataset, specs: dict[str, Any]) -> dict:
     parsed = _cache_specs(specs, ctx.settings.image_cache_max_ttl_s)
     if ctx.cache.lookup(row.id, parsed.image, ttl_s=parsed.ttl) is not None:
         return {}
-    source = service.source_of(row, ctx.box)
+    source = service.source_of(row, ctx.box, settings=ctx.settings)
     source.check_image(parsed.image)
     start_caching(ctx, dataset_id=row.id, image_id=parsed.image, source=source, ttl_s=parsed.ttl)
     return {}
@@ -79,7 +88,7 @@ def nextimage(ctx: Context, *, row: Dataset, pick: Any) -> dict:
 
     `pick(candidates) -> image_id | None` records the choice in the database (the caller's session).
     """
-    source = service.source_of(row, ctx.box)
+    source = service.source_of(row, ctx.box, settings=ctx.settings)
     candidates = source.unlabeled_ids()
     image_id = pick(candidates)
     if image_id is None:

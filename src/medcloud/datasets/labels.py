@@ -5,6 +5,10 @@ beside the image's first path, and the manifest entry's `label_key[0]` names it;
 rewritten under one lock per dataset, atomically where the store allows. DICOMweb: the label becomes a DICOM
 SEG (highdicom, BINARY, referencing the series' instances) stored by STOW-RS; its SeriesInstanceUID is the
 label id. Either way the change is then recorded exactly as the `notify` action records it.
+
+The NRRD's size is checked against `MEDCLOUD_MAX_VOXELS` from its header before anything is read, and the
+saves of one image (and the manifest rewrites of one dataset) are serialized across every API process on
+the data dir (`datasets/label_locks.py`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,8 @@ import io
 import json
 import os
 import posixpath
-import threading
 import uuid
 import zlib
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +28,11 @@ import nrrd
 import numpy as np
 
 from medcloud.context import Context
-from medcloud.datasets import actions
+from medcloud.datasets import actions, label_locks
 from medcloud.datasets.orm import Dataset
 from medcloud.datasets.volumes import Volume, image_files, load_volume
 from medcloud.errors import Invalid, Unavailable
+from medcloud.imaging import voxels
 from medcloud.sources.manifest import parse_manifest
 from medcloud.sources.manifest_cache import MANIFESTS
 
@@ -45,8 +48,6 @@ _TYPES = {
 _DTYPE_OF = {name: dtype for dtype, names in _TYPES.items() for name in names}
 _RAS = ("right-anterior-superior", "ras", "3d-right-handed")
 _LPS = ("left-posterior-superior", "lps")
-
-_save_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,19 @@ def parse_label_nrrd(body: bytes, image: Volume) -> np.ndarray:
             raise Invalid(f"Label values must lie in 0..255; this volume has values from {low} to {high}.")
         volume = volume.astype(np.uint8)
     return volume
+
+
+def check_label_size(body: bytes, max_voxels: int) -> None:
+    """`Invalid` when the NRRD's header declares more than `max_voxels` voxels: checked before the image is
+    read or a byte of the label is decompressed (a malformed header is left to `parse_label_nrrd`)."""
+    if not body.startswith(b"NRRD000"):
+        return
+    try:
+        header = nrrd.read_header(io.BytesIO(body))
+    except Exception:  # noqa: BLE001, S110 - parse_label_nrrd reports a malformed header in words
+        return
+    if "sizes" in header:
+        voxels.check_shape(voxels.nrrd_shape(header), max_voxels, what="The label")
 
 
 def _check_header(header: dict[str, Any], image: Volume) -> np.dtype:
@@ -178,19 +192,22 @@ def save_label(ctx: Context, *, row: Dataset, image_id: str, body: bytes, labels
     `labels` is the experiment's `model_params.labels` (None: no experiment given, any 1..255 accepted;
     DICOMweb datasets always have one, checked by the caller).
     """
+    check_label_size(body, ctx.settings.max_voxels)
     files, source = image_files(ctx, row, image_id)
-    image = load_volume(files, image_id)
+    image = load_volume(files, image_id, max_voxels=ctx.settings.max_voxels)
     volume = parse_label_nrrd(body, image)
-    voxels = check_values(volume, labels)
+    counts = check_values(volume, labels)
     from medcloud.datasets import service
     from medcloud.sources.objectstore import ObjectStoreSource
 
-    source = source or service.source_of(row, ctx.box)
-    if isinstance(source, ObjectStoreSource):
-        label_id, section = _save_to_objectstore(ctx, row, source, image_id, volume, image)
-    else:
-        label_id, section = _save_to_dicomweb(source, image_id, volume, files, labels or {})
-    return SavedLabel(image=image_id, label=label_id, notify=section, voxels=voxels)
+    source = source or service.source_of(row, ctx.box, settings=ctx.settings)
+    # One save of this image at a time, in any API process on this data dir: the last one wins whole.
+    with label_locks.exclusive(ctx.settings.data_dir, row.id, image_id):
+        if isinstance(source, ObjectStoreSource):
+            label_id, section = _save_to_objectstore(ctx, row, source, image_id, volume, image)
+        else:
+            label_id, section = _save_to_dicomweb(source, image_id, volume, files, labels or {})
+    return SavedLabel(image=image_id, label=label_id, notify=section, voxels=counts)
 
 
 def record(ctx: Context, *, session: Any, row: Dataset, saved: SavedLabel) -> None:
@@ -253,7 +270,8 @@ def _save_to_objectstore(
 
     fs, location = source.fs, source.location
     nifti = _nifti_bytes(volume, image.affine)
-    with _save_locks[row.id], storage_errors(location, fault=Unavailable):
+    # the manifest is read, changed and written whole: one writer per dataset, across processes
+    with label_locks.exclusive(ctx.settings.data_dir, row.id), storage_errors(location, fault=Unavailable):
         raw = source.read_manifest_bytes()  # re-read: another save may have changed it since the request began
         manifest = parse_manifest(raw, source=location.url)
         entry = next((m for m in manifest.images if m.id == image_id), None)

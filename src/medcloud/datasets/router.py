@@ -6,14 +6,14 @@ import re
 from collections.abc import AsyncIterator
 from functools import partial
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from medcloud.api import openapi
 from medcloud.api.body import parse_body
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.listing import apply_list_params
-from medcloud.datasets import actions, labels, service, volumes
+from medcloud.datasets import actions, label_locks, labels, service, volumes
 from medcloud.datasets.orm import Dataset
 from medcloud.datasets.schemas import (
     CacheImageJob,
@@ -58,10 +58,10 @@ async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JS
     body = await parse_body(request, DatasetCreate)
 
     body = body.model_copy(update={"client_url": body.client_url.strip()})
-    if service.is_local(body.client_url) and not ctx.settings.dataset_allow_local_paths:
-        raise Invalid("Datasets on this server's own folders are not allowed (MEDCLOUD_DATASET_ALLOW_LOCAL_PATHS).")
 
     def run() -> dict:
+        # local folders: only inside the org's roots, links resolved (reads the disk: here, in the pool)
+        service.check_local(body.client_url, org=caller.org, settings=ctx.settings)
         service.check_egress(
             client_url=body.client_url,
             client_id=body.client_id,
@@ -211,7 +211,7 @@ async def image_volume(dataset_id: str, image_id: str, caller: CallerDep, ctx: C
     files, _source = await ctx.pools.run("storage", volumes.image_files, ctx, row, image_id)
 
     def convert() -> volumes.NrrdBody:
-        volume = volumes.load_volume(files, image_id)
+        volume = volumes.load_volume(files, image_id, max_voxels=ctx.settings.max_voxels)
         return volumes.nrrd_body(volume.array, volume.affine, volumes.wire_dtype(volume.array))
 
     return await _nrrd_response(await ctx.pools.run("files", convert))
@@ -242,23 +242,43 @@ async def image_label(
 async def save_image_label(
     dataset_id: str, image_id: str, request: Request, caller: CallerDep, ctx: CtxDep
 ) -> JSONResponse:
-    """Store a label volume (NRRD body) as the image's label, then record it as `notify` does."""
+    """Store a label volume (NRRD body) as the image's label, then record it as `notify` does.
+
+    At most `MEDCLOUD_MAX_LABEL_SAVES` run at once in this process (503 with Retry-After past it, before the
+    body is read); saves of one image are serialized across processes (`datasets/label_locks.py`).
+    """
     did = checked_uuid(dataset_id, "Dataset")
     eid = _experiment_id(request)
-    row, names = await ctx.pools.run("db", _owned_with_labels, ctx, caller, dataset_id=did, experiment_id=eid)
-    body = await request.body()  # capped by MEDCLOUD_MAX_LABEL_BODY_BYTES (api/limits.py)
-    if not body:
-        raise Invalid("Invalid Input. The body must be an NRRD of the label volume; it is empty.")
-    saved = await ctx.pools.run("storage", labels.save_label, ctx, row=row, image_id=image_id, body=body, labels=names)
+    gate = _label_gate(request, ctx)
+    if not gate.try_acquire():
+        raise HTTPException(503, gate.busy_message(), headers={"Retry-After": str(label_locks.RETRY_AFTER_S)})
+    try:
+        row, names = await ctx.pools.run("db", _owned_with_labels, ctx, caller, dataset_id=did, experiment_id=eid)
+        body = await request.body()  # capped by MEDCLOUD_MAX_LABEL_BODY_BYTES (api/limits.py)
+        if not body:
+            raise Invalid("Invalid Input. The body must be an NRRD of the label volume; it is empty.")
+        saved = await ctx.pools.run(
+            "storage", labels.save_label, ctx, row=row, image_id=image_id, body=body, labels=names
+        )
 
-    def record() -> None:
-        with ctx.db.session() as session:
-            labels.record(ctx, session=session, row=service.get_row(session, **_owner(caller, did)), saved=saved)
+        def record() -> None:
+            with ctx.db.session() as session:
+                labels.record(ctx, session=session, row=service.get_row(session, **_owner(caller, did)), saved=saved)
 
-    await ctx.pools.run("db", record)
+        await ctx.pools.run("db", record)
+    finally:
+        gate.release()
     if ctx.hub is not None:
         ctx.hub.dataset_changed(did)  # committed: wake the annotation controllers at once
     return JSONResponse(status_code=201, content=saved.as_json())
+
+
+def _label_gate(request: Request, ctx: CtxDep) -> label_locks.SaveGate:
+    """This app's gate on label saves (made on first use; the event loop is the only user)."""
+    gate = getattr(request.app.state, "label_saves", None)
+    if gate is None:
+        gate = request.app.state.label_saves = label_locks.SaveGate(ctx.settings.max_label_saves)
+    return gate
 
 
 def _owner(caller: CallerDep, dataset_id: str) -> dict[str, str]:

@@ -17,7 +17,9 @@ from medcloud.datasets.schemas import DatasetCreate, DatasetOut, DatasetPatch
 from medcloud.db import Database, get_owned
 from medcloud.errors import Conflict, Unavailable
 from medcloud.secrets import SecretBox
+from medcloud.sources import local_roots
 from medcloud.sources.base import DataSource
+from medcloud.sources.limits import SourceLimits
 from medcloud.sources.manifest_cache import MANIFESTS
 
 
@@ -64,15 +66,17 @@ def open_source(
     filters: str | None,
     verify: bool,
     cache_key: str | None = None,
+    limits: SourceLimits | None = None,
 ) -> tuple[str, DataSource]:
     """Connect to the source (blocking I/O); `verify` also checks every listed file (at creation).
 
-    `cache_key` (the dataset id) lets an object store's parsed manifest be reused while it is unchanged.
+    `cache_key` (the dataset id) lets an object store's parsed manifest be reused while it is unchanged;
+    `limits` caps what a DICOMweb source reads (the settings' defaults when None).
     """
     if is_dicomweb(client_url, filters):
         from medcloud.sources.dicomweb import DicomWebSource
 
-        return "dicomweb", DicomWebSource.open(client_url, client_id, client_secret, filters=filters)
+        return "dicomweb", DicomWebSource.open(client_url, client_id, client_secret, filters=filters, limits=limits)
     from medcloud.sources.objectstore import ObjectStoreSource
 
     return "objectstore", ObjectStoreSource.open(
@@ -80,15 +84,26 @@ def open_source(
     )
 
 
-def source_of(row: Dataset, box: SecretBox) -> DataSource:
+def check_local(client_url: str, *, org: str, settings: Settings) -> None:
+    """A local `client_url` is allowed for `org` (`sources/local_roots.py`); remote ones pass (blocking)."""
+    if is_local(client_url):
+        local_roots.check_client_url(client_url, org=org, settings=settings)
+
+
+def source_of(row: Dataset, box: SecretBox, *, settings: Settings) -> DataSource:
+    """The dataset's source, opened with the server's limits; a local one is checked against its org's
+    roots again (the operator may have narrowed them since, or a link may have been swapped)."""
     secrets = box.open(row.sealed_secrets)
+    client_url = secrets.get("client_url") or row.client_url  # sealed when it holds a secret
+    check_local(client_url, org=row.org, settings=settings)
     _kind, source = open_source(
-        client_url=secrets.get("client_url") or row.client_url,  # sealed when it holds a secret
+        client_url=client_url,
         client_id=secrets.get("client_id"),
         client_secret=secrets.get("client_secret"),
         filters=row.filters,
         verify=False,
         cache_key=row.id,
+        limits=SourceLimits.from_settings(settings),
     )
     return source
 

@@ -23,6 +23,7 @@ from medcloud.context import Context
 from medcloud.datasets import actions, service
 from medcloud.datasets.orm import Dataset
 from medcloud.errors import Invalid, NotFound
+from medcloud.imaging import voxels
 from medcloud.imaging.series import SeriesVolume, read_series, to_label_grid
 from medcloud.sources.base import DataSource
 
@@ -55,7 +56,7 @@ def image_files(ctx: Context, row: Dataset, image_id: str) -> tuple[list[Path], 
     files = ctx.cache.lookup(row.id, image_id)
     if files is not None:
         return files, None
-    source = service.source_of(row, ctx.box)
+    source = service.source_of(row, ctx.box, settings=ctx.settings)
     try:
         source.check_image(image_id)
     except Invalid:
@@ -63,20 +64,24 @@ def image_files(ctx: Context, row: Dataset, image_id: str) -> tuple[list[Path], 
     return actions.fetch_cached(ctx, dataset_id=row.id, image_id=image_id, source=source), source
 
 
-def load_volume(files: list[Path], image_id: str) -> Volume:
-    """The image as a 3-D volume: its NIfTI (what the model reads), else its DICOM series; `Invalid` otherwise."""
+def load_volume(files: list[Path], image_id: str, *, max_voxels: int) -> Volume:
+    """The image as a 3-D volume: its NIfTI (what the model reads), else its DICOM series; `Invalid` otherwise,
+    and before anything is decompressed when its headers declare more than `max_voxels` voxels."""
+    what = f"Image {image_id}"
     niftis = [f for f in files if f.name.lower().endswith((".nii", ".nii.gz"))]
     if niftis:
+        voxels.check_shape(voxels.nifti_shape(niftis[0]), max_voxels, what=what)
         try:
             image = nib.load(str(niftis[0]))
-            voxels = _voxels(image)
+            stored = _voxels(image)
         except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
             # a file in the dataset that is not the NIfTI it claims to be (or is truncated): say so, never a 500
             raise Invalid(f"Image {image_id} ({niftis[0].name}) cannot be read as NIfTI: {exc}") from None
-        array = _as_3d(voxels, image_id)
+        array = _as_3d(stored, image_id)
         return Volume(array=array, affine=np.asarray(image.affine, dtype=np.float64))
     dicom = [f for f in files if f.suffix.lower() in _DICOM_SUFFIXES]
     if dicom and len(dicom) == len(files):
+        voxels.check_count(voxels.dicom_voxels(dicom), max_voxels, what=what)
         try:
             series = read_series(dicom)
         except (ValueError, AttributeError, TypeError) as exc:
@@ -157,7 +162,7 @@ def nrrd_body(array: np.ndarray, affine: np.ndarray, dtype: np.dtype) -> NrrdBod
 def image_nrrd(ctx: Context, row: Dataset, image_id: str) -> NrrdBody:
     """The image as raw NRRD (blocking: fetches it into the cache unless it is there)."""
     files, _source = image_files(ctx, row, image_id)
-    volume = load_volume(files, image_id)
+    volume = load_volume(files, image_id, max_voxels=ctx.settings.max_voxels)
     return nrrd_body(volume.array, volume.affine, wire_dtype(volume.array))
 
 
@@ -168,8 +173,8 @@ def label_volume(ctx: Context, row: Dataset, image_id: str, labels: dict[str, st
     DICOMweb datasets (the caller checks).
     """
     files, source = image_files(ctx, row, image_id)
-    image = load_volume(files, image_id)
-    source = source or service.source_of(row, ctx.box)
+    image = load_volume(files, image_id, max_voxels=ctx.settings.max_voxels)
+    source = source or service.source_of(row, ctx.box, settings=ctx.settings)
     from medcloud.sources.objectstore import ObjectStoreSource
 
     if isinstance(source, ObjectStoreSource):
@@ -198,11 +203,12 @@ def label_volume(ctx: Context, row: Dataset, image_id: str, labels: dict[str, st
     niftis = [f for f in label_files if f.name.lower().endswith((".nii", ".nii.gz"))]
     if not niftis:
         raise Invalid(f"The label {label_id} of image {image_id} is not a NIfTI file; it cannot be shown.")
+    voxels.check_shape(voxels.nifti_shape(niftis[0]), ctx.settings.max_voxels, what=f"The label {label_id}")
     try:
-        voxels = to_label_grid(nib.load(str(niftis[0])), image.grid())
+        label = to_label_grid(nib.load(str(niftis[0])), image.grid())
     except ValueError as exc:
         raise Invalid(f"The label {label_id} of image {image_id} does not lie on the image: {exc}") from None
-    return Volume(array=voxels, affine=image.affine), label_id
+    return Volume(array=label, affine=image.affine), label_id
 
 
 def label_nrrd(ctx: Context, row: Dataset, image_id: str, labels: dict[str, str] | None) -> NrrdBody:

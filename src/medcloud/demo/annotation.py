@@ -167,7 +167,8 @@ def prepare_annotation_demo(
     annotation job, as the user of `api_key` in `org`; return their ids.
 
     `client` has the server's `base_url` (an `httpx.Client` or a `TestClient`); the server needs a VISTA-3D
-    bundle (`MEDCLOUD_VISTA3D_BUNDLE`, e.g. `ensure_demo_vista3d(...)`) and local dataset paths (the default).
+    bundle (`MEDCLOUD_VISTA3D_BUNDLE`, e.g. `ensure_demo_vista3d(...)`) and local dataset paths allowed for `org`
+    in those folders (`MEDCLOUD_DATASET_LOCAL_ROOTS`; `medcloud serve` gives the demo org its `data/demo`).
     The folders come from `write_annotation_data`. `warm_up`: when the experiment already existed, run one
     click inference (`warm_up_request`), so its model host, not running after a restart, loads now rather
     than on the first user request.

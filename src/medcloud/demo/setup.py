@@ -1,7 +1,7 @@
 """`prepare_demo`: the demo org, user and key, a local demo dataset and demo bundles, ready for guide 000.
 
 `with_demo_models` gives the server the small demo VISTA-3D and DeepEdit unless the operator configured
-them; the annotation demo (datasets, experiment, job) is made once the server runs (`medcloud.demo.annotation.serve_annotation_demo`).
+them; `with_demo_local_paths` lets the demo org use its own demo folder as local datasets; the annotation demo (datasets, experiment, job) is made once the server runs (`medcloud.demo.annotation.serve_annotation_demo`).
 """
 
 from __future__ import annotations
@@ -81,6 +81,17 @@ def with_demo_models(settings: Settings, out: TextIO) -> Settings:
     return settings.model_copy(update=update) if update else settings
 
 
+def with_demo_local_paths(settings: Settings) -> Settings:
+    """`settings` with local dataset paths on for the demo org, inside the demo's own folder (`data/demo`,
+    where its datasets are written) besides any root the operator listed; other orgs get no more than the
+    operator gave them. An operator who set `MEDCLOUD_DATASET_ALLOW_LOCAL_PATHS` keeps their choice."""
+    allow = settings.dataset_allow_local_paths if "dataset_allow_local_paths" in settings.model_fields_set else True
+    demo_root = str((settings.data_dir.expanduser() / "demo").resolve())
+    roots = dict(settings.dataset_local_roots)
+    roots[settings.demo_org] = list(dict.fromkeys([*roots.get(settings.demo_org, []), demo_root]))
+    return settings.model_copy(update={"dataset_allow_local_paths": allow, "dataset_local_roots": roots})
+
+
 def prepare_demo(ctx: Context, out: TextIO) -> None:
     """Create what guide 000 needs and print how to use it."""
     from medcloud.demo.bundles import ensure_demo_bundles, pack_bundle
@@ -102,6 +113,12 @@ def prepare_demo(ctx: Context, out: TextIO) -> None:
         print(
             "Note: local bundle paths are off on this server: start it with MEDCLOUD_BUNDLE_ALLOW_LOCAL_PATHS=true "
             "(scripts/serve.sh does) to use the bundle_url values below.",
+            file=out,
+        )
+    if not ctx.settings.dataset_allow_local_paths:
+        print(
+            "Note: local dataset paths are off on this server (MEDCLOUD_DATASET_ALLOW_LOCAL_PATHS=false): "
+            "the container_url below and the annotation demo's datasets will be refused.",
             file=out,
         )
     print(

@@ -83,7 +83,7 @@ async def _create(ctx: Context, caller: Caller, body: ExperimentCreate) -> dict:
     def check() -> Experiment | None:
         public, secret = storage.split_inline(body.cloud_details)  # before any download: a refusal is cheap
         if public.get("cloud_type"):
-            storage.check_policy(public["cloud_type"], public, secret, ctx.settings)
+            storage.check_policy(public["cloud_type"], public, secret, ctx.settings, org=caller.org)
         with ctx.db.session() as session:
             return service.check_references(session, org=caller.org, user_id=caller.user_id, body=body)
 

@@ -16,6 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from medcloud.imaging import voxels
 from medcloud.imaging.series import DicomInput, SeriesVolume, load_dataset, shallow_copy, sort_instances
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -54,13 +55,21 @@ def segment_names(seg: Dataset) -> dict[int, str]:
     return {int(item.SegmentNumber): str(item.get("SegmentLabel", "")) for item in seg.get("SegmentSequence", [])}
 
 
-def seg_to_labels(seg: DicomInput, series: SeriesVolume, labels: Mapping[str | int, str]) -> np.ndarray:
+def seg_to_labels(
+    seg: DicomInput, series: SeriesVolume, labels: Mapping[str | int, str], *, max_voxels: int | None = None
+) -> np.ndarray:
     """The SEG's segments as one uint8 label array on `series`' grid (where segments overlap, the higher
     label index wins). Frames are placed by their source SOPInstanceUID when it is one of the series' slices,
-    else by their ImagePositionPatient; `ValueError` when a SEG with foreground places none of it."""
+    else by their ImagePositionPatient; `ValueError` when a SEG with foreground places none of it.
+
+    `max_voxels`: a SEG whose Rows x Columns x NumberOfFrames is larger is refused (`errors.Invalid`, from
+    `imaging.voxels`) before its frames are decoded: a few compressed bytes can declare billions of them.
+    """
     ds = load_dataset(seg)
     if str(ds.get("SOPClassUID", SEG_SOP_CLASS)) != SEG_SOP_CLASS and ds.get("Modality") != "SEG":
         raise ValueError("The instance is not a DICOM Segmentation.")
+    if max_voxels is not None:
+        voxels.check_count(voxels.dataset_voxels(ds), max_voxels, what="The DICOM SEG")
     by_name = label_indices(labels)
     index_of = {number: by_name.get(normalize_name(name), 0) for number, name in segment_names(ds).items()}
     masks = _frame_masks(ds)
@@ -72,9 +81,9 @@ def seg_to_labels(seg: DicomInput, series: SeriesVolume, labels: Mapping[str | i
         if index == 0 or not masks[f].any():
             continue
         foreground += 1
-        voxels = geometry.voxels(f, masks[f])
-        if voxels[0].size:
-            out[voxels] = index
+        where = geometry.voxels(f, masks[f])
+        if where[0].size:
+            out[where] = index
             placed += 1
     if foreground and not placed:
         raise ValueError("The segmentation does not lie on the image series' voxel grid.")

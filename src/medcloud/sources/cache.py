@@ -1,4 +1,5 @@
-"""A thread-safe on-disk cache of fetched images, keyed by (dataset id, image id), expiring after a TTL."""
+"""A thread-safe on-disk cache of fetched images, keyed by (dataset id, image id), expiring after a TTL and
+kept under a byte quota (least recently used entries go first)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class _Entry:
     files: list[str]  # relative to the entry's files/ folder
     ttl_s: float
     last_access: float
+    size: int | None = None  # bytes below files/ (None: an entry written before sizes were recorded)
 
 
 def _digest(text: str) -> str:
@@ -37,13 +39,28 @@ class ImageCache:
 
     Layout: `<root>/<hash(dataset)>/<hash(image)>/{entry.json, files/...}`; an entry appears atomically
     (fetched into `<root>/.tmp/`, then renamed), so it survives restarts and is never seen half-written.
+
+    `max_bytes` (`MEDCLOUD_IMAGE_CACHE_MAX_BYTES`; None: no quota): after each new entry, and at each sweep,
+    the least recently used entries of any dataset are removed until the rest fits; the entry just fetched
+    always stays, even alone over the quota. Eviction is safe for running work: a job or a model request
+    uses hard links of cached files in its own folder, which keep the data.
     """
 
-    def __init__(self, root: Path, *, max_ttl_s: int = 3600, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_ttl_s: int = 3600,
+        max_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if max_ttl_s <= 0:
             raise ValueError("max_ttl_s must be positive")
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
         self.root = Path(root)
         self.max_ttl_s = max_ttl_s
+        self.max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.Lock()
         self._inflight: dict[tuple[str, str], Future[list[Path]]] = {}
@@ -102,6 +119,7 @@ class ImageCache:
                 if entry is None or self._expired(entry):
                     self._remove(index.parent)
                     removed += 1
+        removed += self._enforce_quota(keep=None)
         self._empty_trash_and_stale_tmp()
         return removed
 
@@ -136,6 +154,42 @@ class ImageCache:
                 removed += 1
         if removed:
             self._empty_trash_and_stale_tmp()
+        return removed
+
+    def usage(self) -> int:
+        """Bytes the live entries hold (what the quota counts)."""
+        with self._lock:
+            return sum(size for _, size, _ in self._entries())
+
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        """Under the lock: (last access, bytes, folder) of every live entry."""
+        out = []
+        for index in self.root.glob(f"*/*/{_INDEX}"):
+            folder = index.parent
+            if folder.parent.name.startswith("."):  # .tmp and .trash hold no live entries
+                continue
+            entry = self._read(folder)
+            if entry is not None:
+                size = entry.size if entry.size is not None else _bytes_below(folder / _FILES)
+                out.append((entry.last_access, size, folder))
+        return out
+
+    def _enforce_quota(self, keep: Path | None) -> int:
+        """Remove the least recently used entries until the cache fits `max_bytes` (never `keep`); how many."""
+        if self.max_bytes is None:
+            return 0
+        removed = 0
+        with self._lock:
+            entries = self._entries()
+            total = sum(size for _, size, _ in entries)
+            for _, size, folder in sorted(entries, key=lambda e: e[0]):
+                if total <= self.max_bytes:
+                    break
+                if folder == keep:
+                    continue
+                self._remove(folder)
+                total -= size
+                removed += 1
         return removed
 
     def _ttl(self, ttl_s: float | None) -> float:
@@ -173,7 +227,7 @@ class ImageCache:
         try:
             fetched = fetch(dest)
             rels = [_relative(Path(path), dest) for path in fetched]
-            entry = _Entry(files=rels, ttl_s=ttl, last_access=self._clock())
+            entry = _Entry(files=rels, ttl_s=ttl, last_access=self._clock(), size=_bytes_below(dest))
             self._write(tmp, key, entry)
             with self._lock:
                 if self._generation.get(key[0], 0) != generation:
@@ -182,9 +236,11 @@ class ImageCache:
                 self._remove(folder)
                 folder.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, folder)
-            return [folder / _FILES / rel for rel in rels]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        if self._enforce_quota(keep=folder):
+            self._empty_trash_and_stale_tmp()
+        return [folder / _FILES / rel for rel in rels]
 
     def _expired(self, entry: _Entry) -> bool:
         return self._clock() >= entry.last_access + entry.ttl_s
@@ -193,8 +249,12 @@ class ImageCache:
     def _read(folder: Path) -> _Entry | None:
         try:
             raw = json.loads((folder / _INDEX).read_text("utf-8"))
+            size = raw.get("bytes")
             return _Entry(
-                files=[str(f) for f in raw["files"]], ttl_s=float(raw["ttl_s"]), last_access=float(raw["last_access"])
+                files=[str(f) for f in raw["files"]],
+                ttl_s=float(raw["ttl_s"]),
+                last_access=float(raw["last_access"]),
+                size=int(size) if isinstance(size, int) and not isinstance(size, bool) else None,
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -208,6 +268,7 @@ class ImageCache:
             "files": entry.files,
             "ttl_s": entry.ttl_s,
             "last_access": entry.last_access,
+            **({"bytes": entry.size} if entry.size is not None else {}),
         }
         tmp = folder / f".{_INDEX}.{uuid.uuid4().hex}"
         tmp.write_text(json.dumps(doc), "utf-8")
@@ -229,6 +290,18 @@ class ImageCache:
                 continue
             if stale:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def _bytes_below(folder: Path) -> int:
+    """Bytes of the regular files below `folder` (links are not followed; one vanishing meanwhile counts 0)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _relative(path: Path, dest: Path) -> str:

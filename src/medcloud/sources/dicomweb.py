@@ -29,8 +29,11 @@ from pydicom.datadict import tag_for_keyword
 
 from medcloud.egress import split_url
 from medcloud.errors import Invalid, MedcloudError, Unavailable
+from medcloud.imaging import voxels
 from medcloud.imaging.seg import seg_to_labels
 from medcloud.imaging.series import SeriesVolume, as_part10, read_series, write_label_nifti, write_nifti
+from medcloud.sources import capped_http
+from medcloud.sources.limits import SourceLimits
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +156,12 @@ def _referenced_series(instances: list[dict[str, Any]]) -> frozenset[str]:
 class DicomWebSource:
     """A DICOMweb dataset (the `DataSource` protocol), plus SEG labels for training."""
 
-    def __init__(self, url: str, session: requests.Session, query: dict[str, str]) -> None:
+    def __init__(
+        self, url: str, session: requests.Session, query: dict[str, str], limits: SourceLimits | None = None
+    ) -> None:
         self.url, self._session, self._query = url, session, query
+        self.limits = limits or SourceLimits()
+        capped_http.mount(session, self.limits.wado_max_bytes)  # every answer, whoever reads it
         self._client = DICOMwebClient(url, session=session, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
         self._client.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=200)
         self._lock = threading.Lock()
@@ -162,16 +169,25 @@ class DicomWebSource:
 
     @classmethod
     def open(
-        cls, client_url: str, client_id: str | None, client_secret: str | None, *, filters: str | None = None
+        cls,
+        client_url: str,
+        client_id: str | None,
+        client_secret: str | None,
+        *,
+        filters: str | None = None,
+        limits: SourceLimits | None = None,
     ) -> DicomWebSource:
-        """Connect and check the root answers QIDO with these credentials and filters (in seconds)."""
+        """Connect and check the root answers QIDO with these credentials and filters (in seconds).
+
+        `limits`: each answer's bytes and each volume's voxels (the settings' defaults when None).
+        """
         url, auth = parse_dicomweb_url(client_url, client_id, client_secret)
         query = parse_filters(filters)
         session = requests.Session()
         session.auth = auth
         # The root was checked against the egress policy; a redirect could lead anywhere else: none followed.
         session.max_redirects = 0
-        source = cls(url, session, query)
+        source = cls(url, session, query, limits)
         with dicomweb_errors(url, fault=Invalid):
             source._probe()
         return source
@@ -296,33 +312,57 @@ class DicomWebSource:
         return meta
 
     def _retrieve(self, study_uid: str, series_uid: str, folder: Path) -> list[Path]:
-        """Every instance of a series as a Part-10 file `folder/<SOPInstanceUID>.dcm` (WADO-RS)."""
+        """Every instance of a series as a Part-10 file `folder/<SOPInstanceUID>.dcm` (WADO-RS).
+
+        A series larger than `MEDCLOUD_WADO_MAX_BYTES` is `Invalid` as soon as the count passes the cap;
+        whatever failed, the instances already written are removed.
+        """
         wado_path = self._series_path(study_uid, series_uid)
         folder.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
-        with dicomweb_errors(self.url):
-            response = self._session.get(
-                self.url + wado_path,
-                headers={"Accept": _ACCEPT_DICOM},
-                stream=True,
-                timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
-            )
-            response.raise_for_status()
-            for n, part in enumerate(self._client._decode_multipart_message(response, stream=True)):
-                data = as_part10(bytes(part))
-                uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).get("SOPInstanceUID", ""))
-                path = folder / (f"{uid}.dcm" if _is_uid(uid) else f"instance_{n:05d}.dcm")
-                path.write_bytes(data)
-                paths.append(path)
+        try:
+            with self._too_large(f"Series {series_uid}"), dicomweb_errors(self.url):
+                response = self._session.get(
+                    self.url + wado_path,
+                    headers={"Accept": _ACCEPT_DICOM},
+                    stream=True,
+                    timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+                )
+                response.raise_for_status()
+                for n, part in enumerate(self._client._decode_multipart_message(response, stream=True)):
+                    data = as_part10(bytes(part))
+                    uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).get("SOPInstanceUID", ""))
+                    path = folder / (f"{uid}.dcm" if _is_uid(uid) else f"instance_{n:05d}.dcm")
+                    paths.append(path)
+                    path.write_bytes(data)
+        except BaseException:
+            for path in paths:
+                path.unlink(missing_ok=True)
+            raise
         if not paths:
             raise Unavailable(f"The DICOMweb server at {self.url} returned no instance of series {series_uid}.")
         return paths
 
+    @contextlib.contextmanager
+    def _too_large(self, what: str) -> Iterator[None]:
+        """An answer past the byte cap, said of `what` (a series) rather than of an answer."""
+        try:
+            yield
+        except capped_http.AnswerTooLarge as exc:
+            raise Invalid(
+                f"{what} on the DICOMweb server at {self.url} is larger than this server retrieves "
+                f"({exc.max_bytes:,} bytes, {capped_http.SETTING})."
+            ) from None
+
     def fetch(self, image_id: str, dest_dir: Path) -> list[Path]:
-        """Download the series: `[dest_dir/<uid>.nii.gz (HU volume), dest_dir/dicom/<SOPInstanceUID>.dcm...]`."""
+        """Download the series: `[dest_dir/<uid>.nii.gz (HU volume), dest_dir/dicom/<SOPInstanceUID>.dcm...]`.
+
+        Its voxels are counted from the instances' headers before the volume is built (`MEDCLOUD_MAX_VOXELS`).
+        """
         row = self._row(image_id)
         dest_dir = Path(dest_dir)
         files = self._retrieve(self._study_of(row, image_id), image_id, dest_dir / "dicom")
+        voxels.check_count(voxels.dicom_voxels(files), self.limits.max_voxels, what=f"Series {image_id}")
         try:
             volume = read_series(files)
         except ValueError as exc:
@@ -352,7 +392,7 @@ class DicomWebSource:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".seg-") as tmp:
             files = self._retrieve(study_uid, seg_series_uid, Path(tmp))
             try:
-                parts = [seg_to_labels(path, image, labels) for path in files]
+                parts = [seg_to_labels(path, image, labels, max_voxels=self.limits.max_voxels) for path in files]
             except ValueError as exc:
                 raise Invalid(f"Label {seg_series_uid} cannot be placed on the image: {exc}") from None
         label = parts[0]

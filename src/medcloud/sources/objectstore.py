@@ -24,6 +24,7 @@ from typing import Any
 import fsspec
 
 from medcloud.errors import Invalid, MedcloudError, Unavailable
+from medcloud.sources.local_roots import is_inside
 from medcloud.sources.locations import (  # noqa: F401  (re-exported: callers import them from here)
     CONNECT_TIMEOUT_S,
     MAX_MANIFEST_BYTES,
@@ -206,6 +207,8 @@ class ObjectStoreSource:
 
     def _download(self, rel_paths: Sequence[str], dest_dir: Path) -> list[Path]:
         pairs = self._expand(rel_paths)
+        if self.location.protocol == "file":
+            self._check_inside(pairs)
         targets = [dest_dir / rel for _, rel in pairs]
         temps = [t.with_name(f".{t.name}.{uuid.uuid4().hex}.part") for t in targets]
         for target in targets:
@@ -236,6 +239,15 @@ class ObjectStoreSource:
                 below = self._fs._strip_protocol(path)[len(remote) + 1 :]
                 pairs.append((path, check_relative_path(f"{rel}/{below}", source=self.url)))
         return pairs
+
+    def _check_inside(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """A local dataset reads only its own folder: `Invalid` for a listed file that is a link out of it."""
+        for remote, rel in pairs:
+            if not is_inside(remote, self.location.root):
+                raise Invalid(
+                    f"File {rel} listed in the manifest leads out of the dataset's folder (a link); "
+                    "a local dataset's files must be inside its own folder."
+                )
 
     def _learn_folders(self, rel_paths: Sequence[str]) -> None:
         """Mark listed paths that are folders; `Invalid` naming the first that is neither file nor folder."""

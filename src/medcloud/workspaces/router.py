@@ -21,7 +21,9 @@ WorkspaceList = openapi.list_model("WorkspaceList", "workspaces", WorkspaceOut)
 async def create_workspace(request: Request, caller: CallerDep, ctx: CtxDep) -> JSONResponse:
     body = await parse_body(request, WorkspaceCreate)
     details = body.cloud_specific_details
-    await ctx.pools.run("storage", service.verify, cloud_type=body.cloud_type, details=details, settings=ctx.settings)
+    await ctx.pools.run(
+        "storage", service.verify, cloud_type=body.cloud_type, details=details, settings=ctx.settings, org=caller.org
+    )
 
     def run() -> dict:
         with ctx.db.session() as session:
@@ -70,7 +72,12 @@ async def patch_workspace(workspace_id: str, request: Request, caller: CallerDep
     cloud_type = await ctx.pools.run("db", owned)
     if body.cloud_specific_details is not None:  # checked by connecting, holding no DB connection meanwhile
         await ctx.pools.run(
-            "storage", service.verify, cloud_type=cloud_type, details=body.cloud_specific_details, settings=ctx.settings
+            "storage",
+            service.verify,
+            cloud_type=cloud_type,
+            details=body.cloud_specific_details,
+            settings=ctx.settings,
+            org=caller.org,
         )
     return await ctx.pools.run("db", run)
 

@@ -39,10 +39,10 @@ def to_out(row: Workspace) -> WorkspaceOut:
     )
 
 
-def verify(*, cloud_type: str, details: CloudDetails, settings: Settings) -> None:
-    """Connect with the given details (blocking I/O: call from a worker thread)."""
+def verify(*, cloud_type: str, details: CloudDetails, settings: Settings, org: str) -> None:
+    """Connect with the given details, allowed for `org` (blocking I/O: call from a worker thread)."""
     public, secret = _split(details)
-    storage.check_policy(cloud_type, public, secret, settings)
+    storage.check_policy(cloud_type, public, secret, settings, org=org)
     storage.check(storage.location(cloud_type, public, secret, settings))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from medcloud import egress
 from medcloud.config import Settings
 from medcloud.errors import Invalid
-from medcloud.sources import objectstore
+from medcloud.sources import local_roots, objectstore
 from medcloud.sources.objectstore import StoreLocation
 from medcloud.workspaces.schemas import CloudType
 
@@ -82,11 +82,19 @@ def split_inline(details: dict[str, Any] | None) -> tuple[dict[str, Any], dict[s
     return split_secrets(public, {k: v for k, v in flat.items() if k not in public})
 
 
-def check_policy(cloud_type: str | None, details: dict[str, Any], secrets: dict[str, Any], settings: Settings) -> None:
-    """What the client gave may be used here: local folders only when allowed, its endpoint and GCS
-    `token_uri` under the egress policy (blocking: resolves names; storage SDKs resolve them again)."""
-    if cloud_type == CloudType.LOCAL and not settings.dataset_allow_local_paths:
-        raise Invalid(LOCAL_REFUSED)
+def check_policy(
+    cloud_type: str | None, details: dict[str, Any], secrets: dict[str, Any], settings: Settings, *, org: str
+) -> None:
+    """What the client gave may be used here: local folders only when allowed and inside `org`'s roots
+    (`sources/local_roots.py`), its endpoint and GCS `token_uri` under the egress policy (blocking: resolves
+    links and names; storage SDKs resolve names again)."""
+    if cloud_type == CloudType.LOCAL:
+        if not settings.dataset_allow_local_paths:
+            raise Invalid(LOCAL_REFUSED)
+        if not isinstance(details.get("cloud_bucket_name"), str) or not details["cloud_bucket_name"].strip("/"):
+            raise Invalid("Invalid Input. A local workspace needs `cloud_bucket_name`, the folder on this server.")
+        folder = workspace_url(cloud_type, details)
+        local_roots.check_folder(folder, org=org, settings=settings, what="Workspaces")
     policy = egress.Policy.from_settings(settings)
     endpoint = secrets.get("endpoint_url") or details.get("endpoint_url")
     if endpoint:
