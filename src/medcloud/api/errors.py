@@ -1,4 +1,5 @@
-"""The one table from domain exception to HTTP status and `{"error_desc","error_code"}` body."""
+"""The one table from domain exception to HTTP status and `{"error_desc","error_code"}` body, whose sentence
+never names a folder of the server (`server_paths.py`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medcloud import errors
+from medcloud.server_paths import server_paths
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +43,16 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers on the app."""
+    """Register the handlers on the app (after `app.state.context` is set: messages are scrubbed of its paths)."""
+    context = getattr(app.state, "context", None)
+    scrub = server_paths(context.settings).scrub if context is not None else str
 
     @app.exception_handler(errors.MedcloudError)
     async def _domain(_request: Request, exc: errors.MedcloudError) -> JSONResponse:
         status = next((code for cls, code in STATUS_BY_ERROR.items() if isinstance(exc, cls)), 400)
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, errors.TooManyRequests) else None
-        return error_response(status, exc.message, headers=headers)
+        # A sentence built from a library's or a model's exception may name a file of the server.
+        return error_response(status, scrub(exc.message), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -61,7 +66,7 @@ def install(app: FastAPI) -> None:
             message = f"Not Found: no API route {request.url.path}."
         elif exc.status_code == 405 and message == "Method Not Allowed":
             message = f"Method {request.method} is not allowed on {request.url.path}."
-        return error_response(exc.status_code, message, headers=exc.headers)
+        return error_response(exc.status_code, scrub(message), headers=exc.headers)
 
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     @app.exception_handler(sqlalchemy.exc.InterfaceError)

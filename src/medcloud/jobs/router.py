@@ -1,9 +1,10 @@
-"""Routes of `/experiments/{id}/jobs/...`: list, get, logs, cancel, download, delete."""
+"""Routes of `/experiments/{id}/jobs/...`: list, get, logs, cancel, download, delete (the row, then its folders)."""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -22,13 +23,24 @@ from medcloud.execution.base import Handle
 from medcloud.execution.kinds import BACKEND_ACTIONS
 from medcloud.experiments import service as experiments
 from medcloud.jobs import files, service
+from medcloud.jobs.orm import Job
 from medcloud.jobs.schemas import JobOut
 from medcloud.jobs.states import JobStatus
 from medcloud.learning.actions import begin_cancel
+from medcloud.server_paths import server_paths
 
 router = APIRouter(prefix="/api/v1/orgs/{org}/experiments/{experiment_id}/jobs")
 JobList = openapi.list_model("JobList", "jobs", JobOut, paged=False)
 LOGS_NOT_YET = "Logs for the job are not available yet."
+
+
+def _scrubbed(ctx: Context, out: dict) -> dict:
+    """A job as clients read it: its `result` (messages a worker or a model wrote) names no server folder."""
+    return {**out, "result": server_paths(ctx.settings).scrub_json(out["result"])}
+
+
+def _out(ctx: Context, row: Job) -> dict:
+    return _scrubbed(ctx, service.to_out(row).model_dump(mode="json"))
 
 
 def _ids(experiment_id: str, job_id: str | None = None) -> tuple[str, str | None]:
@@ -43,7 +55,7 @@ async def list_jobs(experiment_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
         with ctx.db.session() as session:
             experiments.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid)
             rows = service.list_for_experiment(session, experiment_id=eid)
-            return {"jobs": [service.to_out(r).model_dump(mode="json") for r in reversed(rows)]}
+            return {"jobs": [_out(ctx, r) for r in reversed(rows)]}
 
     return await ctx.pools.run("db", run)
 
@@ -158,18 +170,39 @@ async def get_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDe
     def run() -> dict:
         with ctx.db.session() as session:
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
-            return service.to_out(row).model_dump(mode="json")
+            return _out(ctx, row)
 
     return await ctx.pools.run("db", run)
 
 
+def job_folders(ctx: Context, job_id: str) -> list[Path]:
+    """Every folder a job may have left: the data folder's and, if it differs, its backend's (a Ray cluster's)."""
+    own = files.job_dir(ctx.settings.data_dir, job_id)
+    backend = ctx.jobs.job_dir(job_id)
+    return [own] if backend == own else [own, backend]
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove each folder and what it holds (blocking: run it in the `files` pool).
+
+    `shutil.rmtree` on Linux walks by file descriptors: a link planted inside is removed, never followed,
+    and a folder that is itself a link is left alone (an error, ignored).
+    """
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @router.delete("/{job_id}", responses=openapi.ok(200, JobOut))
 async def delete_job(experiment_id: str, job_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
+    """Delete a job that is not active (400 otherwise: cancel it first), then its folders."""
     eid, jid = _ids(experiment_id, job_id)
 
     def run() -> dict:
         with ctx.db.session() as session:
             row = service.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=eid, job_id=jid)
-            return service.delete(session, row=row).model_dump(mode="json")
+            return _scrubbed(ctx, service.delete(session, row=row).model_dump(mode="json"))
 
-    return await ctx.pools.run("db", run)
+    out = await ctx.pools.run("db", run)
+    # After the commit (the row never names a missing folder), off the event loop.
+    await ctx.pools.run("files", remove_folders, job_folders(ctx, jid))
+    return out
