@@ -79,6 +79,8 @@ def test_roots_per_org_inside_outside_links_and_other_orgs(tmp_path: Path, tree)
         ]
         for form in refused:
             assert_refused(api.post("datasets", json=dataset_body(form)), "MEDCLOUD_DATASET_LOCAL_ROOTS", "org acme")
+        assert_refused(api.post("datasets", json=dataset_body(f"{tree['acme']}/ds\x00x")), "NUL character")
+        assert_refused(api.post("workspaces", json=workspace_body(f"{tree['acme']}\x00x")), "NUL character")
         message = api.post("datasets", json=dataset_body(tree["acme"] / "link")).json()["error_desc"]
         assert str(tree["outside"]) not in message  # where a link leads is never shown
         assert names(api, "datasets") == ["local"]

@@ -31,8 +31,11 @@ def roots_of(org: str, settings: Settings) -> list[str]:
 
 
 def is_inside(path: str, root: str) -> bool:
-    """`path` is `root` or below it once both have every link resolved."""
-    real, base = os.path.realpath(path), os.path.realpath(root)
+    """`path` is `root` or below it once both have every link resolved (a path no file can have is not)."""
+    try:
+        real, base = os.path.realpath(path), os.path.realpath(root)
+    except ValueError:  # an embedded NUL character
+        return False
     return real == base or real.startswith(base.rstrip("/") + "/")
 
 
@@ -50,6 +53,8 @@ def check_folder(folder: str, *, org: str, settings: Settings, what: str, shown:
             f"{what} on this server's own folders are allowed only inside folders the operator lists for the "
             f"org, and org {org} has none ({ROOTS_SETTING})."
         )
+    if "\0" in folder:
+        raise Invalid(f"The folder {shown or folder!r} contains a NUL character; no folder has such a name.")
     if any(is_inside(folder, root) for root in roots):
         return
     raise Invalid(
