@@ -7,14 +7,16 @@ small limits (the suite's defaults are far above what any other test sends).
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import Api, make_api
 from fastapi.testclient import TestClient
+from helpers import wait_for
 
 from medcloud.auth import service as auth
-from medcloud.auth.limits import AuthGuard, BadKeys, RateLimiter, client_address
+from medcloud.auth.limits import AuthGuard, KeyMemory, RateLimiter, client_address
 
 
 class FakeClock:
@@ -85,6 +87,11 @@ def test_a_bucket_holds_a_minute_and_refills_at_its_rate() -> None:
     clock.now += 3600
     assert [limiter.take("a") for _ in range(7)].count(0.0) == 6  # never more than a minute's worth
     assert RateLimiter(0, clock=clock).take("a") == 0.0  # 0: no limit
+    limiter.give_back("a")
+    assert limiter.take("a") == 0.0 and limiter.take("a") > 0  # one token back, never above a minute's worth
+    clock.now += 3600
+    limiter.give_back("b")
+    assert [limiter.take("b") for _ in range(7)].count(0.0) == 6
 
 
 def test_tables_are_bounded() -> None:
@@ -93,7 +100,7 @@ def test_tables_are_bounded() -> None:
     for address in "abcd":
         limiter.take(address)
     assert len(limiter._buckets) == 3 and "a" not in limiter._buckets
-    bad = BadKeys(60, clock=clock, max_keys=2)
+    bad = KeyMemory(60, clock=clock, max_keys=2)
     for key in ("k1", "k2", "k3"):
         bad.add(key)
     assert len(bad) == 2 and "k1" not in bad and "k3" in bad
@@ -101,7 +108,7 @@ def test_tables_are_bounded() -> None:
 
 def test_bad_keys_are_kept_as_salted_hashes_for_the_ttl() -> None:
     clock = FakeClock()
-    bad = BadKeys(30, clock=clock)
+    bad = KeyMemory(30, clock=clock)
     key = "mck_" + "x" * 43
     bad.add(key)
     assert key in bad and "mck_other" not in bad
@@ -112,7 +119,7 @@ def test_bad_keys_are_kept_as_salted_hashes_for_the_ttl() -> None:
     assert key in bad
     clock.now += 0.2
     assert key not in bad and len(bad) == 0  # expired and dropped
-    off = BadKeys(0, clock=clock)
+    off = KeyMemory(0, clock=clock)
     off.add(key)
     assert key not in off
 
@@ -170,6 +177,63 @@ def test_bad_keys_past_the_rate_make_every_key_of_that_address_429(tmp_path: Pat
         clock.now += retry
         assert with_key(api, api.keys["alice"]).status_code == 200
         assert login(api.client, api.keys["bob"]).status_code == 201
+
+
+def test_a_key_found_valid_lately_keeps_working_while_its_address_sends_bad_ones(
+    tmp_path: Path, counted: list[str]
+) -> None:
+    """Users behind one proxy share its address: one of them sending bad keys does not lock out the others."""
+    with make_api(tmp_path / "data", auth_failures_per_minute=2) as api:
+        clock = FakeClock()
+        guard = fresh_guard(api, clock)
+        for _ in range(5):  # valid keys give their token back: no count however many
+            assert with_key(api, api.keys["alice"]).status_code == 200
+        assert guard.failures.wait_s("testclient") == 0
+        assert with_key(api, "mck_bad-1").status_code == 401 and login(api.client, "mck_bad-2").status_code == 401
+        assert_429(with_key(api, "mck_bad-3"), "MEDCLOUD_AUTH_FAILURES_PER_MINUTE")
+        assert_429(with_key(api, api.keys["bob"]), "MEDCLOUD_AUTH_FAILURES_PER_MINUTE")  # not seen valid here
+        counted.clear()
+        assert with_key(api, api.keys["alice"]).status_code == 200  # seen valid: still served, still looked up
+        assert counted == ["apikey"]
+        with api.ctx.db.session() as session:  # revoked: refused at its next request, and forgotten as good
+            key_id = next(k.id for k in auth.list_keys(session, user="alice"))
+            auth.revoke_key(session, key_id=key_id)
+        assert with_key(api, api.keys["alice"]).status_code == 401
+        assert_429(with_key(api, api.keys["alice"]), "MEDCLOUD_AUTH_FAILURES_PER_MINUTE")
+        clock.now += 601  # the memory of good keys is short too
+        assert api.keys["alice"] not in guard.good_keys
+
+
+def test_concurrent_bad_keys_get_no_more_lookups_than_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup holds its token while it runs: a burst of bad keys sent at once cannot outrun the bucket."""
+    with make_api(tmp_path / "data", auth_failures_per_minute=3) as api:
+        fresh_guard(api, FakeClock())
+        gate, looked_up = threading.Event(), []
+        real = auth.key_principal
+
+        def slow_lookup(*args, **kw):  # type: ignore[no-untyped-def]
+            looked_up.append(kw["api_key"])
+            assert gate.wait(30), "the test never opened the gate"
+            return real(*args, **kw)
+
+        monkeypatch.setattr(auth, "key_principal", slow_lookup)
+        answers: list[int] = []
+
+        def send(n: int) -> None:
+            answers.append(with_key(api, f"mck_burst-{n}").status_code)
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(10)]
+        for thread in threads:
+            thread.start()
+        # Three lookups hold the three tokens; the seven others are answered 429 while those still run.
+        wait_for(lambda: answers.count(429) == 7, 30, "seven 429s while three lookups hang")
+        assert len(looked_up) == 3 and answers == [429] * 7
+        gate.set()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(answers) == [401] * 3 + [429] * 7 and len(looked_up) == 3
 
 
 def test_a_refused_key_is_refused_from_memory_until_its_ttl(tmp_path: Path, counted: list[str]) -> None:

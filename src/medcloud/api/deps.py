@@ -31,13 +31,18 @@ async def checked_key(request: Request, key: str, check: Callable[[], T], *, log
     """Run `check` (which looks `key` up, in the `auth` pool) under the limits on API keys: 429 past them,
     401 for a key refused lately; a key that `check` finds invalid is counted and remembered."""
     guard, address = auth_guard(request)
-    guard.admit(address, key, login=login)  # on the event loop: a few dictionary look-ups
+    charged = guard.admit(address, key, login=login)  # on the event loop: a few dictionary look-ups
     ctx: Context = request.app.state.context
     try:
-        return await ctx.pools.run("auth", check)  # its own pool: slow work of other requests never delays it
+        found = await ctx.pools.run("auth", check)  # its own pool: slow work of other requests never delays it
     except auth.InvalidKey:
-        guard.refused(address, key)
+        guard.refused(address, key, charged=charged)
         raise
+    except BaseException:
+        guard.undecided(address, charged=charged)  # a valid key of another org, the database down, ...
+        raise
+    guard.accepted(address, key, charged=charged)
+    return found
 
 
 @dataclass(frozen=True)

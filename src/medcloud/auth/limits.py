@@ -6,15 +6,16 @@ server: every key is a database lookup in the `auth` pool. So, per client addres
 - `/login` takes `MEDCLOUD_LOGIN_RATE_PER_MINUTE` attempts a minute (a token bucket that holds a
   minute's worth, so a burst of that many passes at once);
 - bad keys, at `/login` or as `ApiKey`, take `MEDCLOUD_AUTH_FAILURES_PER_MINUTE` a minute; past that,
-  every key the address sends is answered 429 (with `Retry-After`) until the bucket refills. Valid
-  `ApiKey` traffic costs nothing here: it is a request like any bearer one;
+  every key the address sends is answered 429 (with `Retry-After`) until the bucket refills, except
+  keys found valid in the last `GOOD_KEY_TTL_S` (a shared proxy's users keep working). A lookup holds
+  its token while it runs, so concurrent bad keys cannot outrun the limit; a valid key gives it back;
 - a refused key is remembered for `MEDCLOUD_BAD_KEY_CACHE_S` as a keyed hash (a per-process random
   salt: never the key, nor a digest that could be matched against the database) and refused again
   without a lookup.
 
-Nothing valid is ever cached, so a revoked key is refused at its next request. The memory of bad keys
-cannot refuse a key created later: a new key is fresh random text, never one that was already sent
-(and a key is never un-revoked). The "client address" is the socket's peer (uvicorn's
+No answer is ever cached for a valid key (it is looked up on every request), so a revoked key is
+refused at its next request. The memory of bad keys cannot refuse a key created later: a new key is
+fresh random text, never one that was already sent (and a key is never un-revoked). The "client address" is the socket's peer (uvicorn's
 `--forwarded-allow-ips` makes it the proxy's `X-Forwarded-For`); IPv6 addresses count per /64, the
 block one host usually holds. Every table is bounded (least recently used entries go first).
 """
@@ -35,7 +36,8 @@ from medcloud.config import Settings
 from medcloud.errors import TooManyRequests, Unauthorized
 
 MAX_KEY_CHARS = 256  # our keys are 47 characters; a longer "key" is refused before it is hashed or looked up
-MAX_ENTRIES = 10_000  # client addresses and bad keys remembered, each
+MAX_ENTRIES = 10_000  # client addresses, bad keys and good keys remembered, each
+GOOD_KEY_TTL_S = 600.0  # how long a valid key skips the bad-key bucket (it is still looked up every time)
 INVALID_KEY = "Invalid API key."
 
 Clock = Callable[[], float]
@@ -111,9 +113,17 @@ class RateLimiter:
         """Take one token if there is one: what has happened counts, even when it was over the limit."""
         self.take(key)
 
+    def give_back(self, key: str) -> None:
+        """Return a token taken for something that, as it turned out, does not count."""
+        if self.per_minute <= 0:
+            return
+        with self._lock:
+            bucket = self._bucket(key)
+            bucket.tokens = min(float(self.per_minute), bucket.tokens + 1.0)
 
-class BadKeys:
-    """Keys refused lately, as salted hashes, each for `ttl_s` seconds (0: remember none)."""
+
+class KeyMemory:
+    """Keys seen lately (refused ones, or valid ones), as salted hashes, each for `ttl_s` seconds (0: none)."""
 
     def __init__(self, ttl_s: float, *, clock: Clock = time.monotonic, max_keys: int = MAX_ENTRIES) -> None:
         self.ttl_s, self.clock, self.max_keys = ttl_s, clock, max_keys
@@ -151,6 +161,11 @@ class BadKeys:
             while len(self._until) > self.max_keys:
                 self._until.popitem(last=False)
 
+    def discard(self, key: str) -> None:
+        digest = self._digest(key)
+        with self._lock:
+            self._until.pop(digest, None)
+
     def clear(self) -> None:
         with self._lock:
             self._until.clear()
@@ -164,12 +179,20 @@ def _too_many(what: str, wait_s: float, setting: str) -> TooManyRequests:
 
 
 class AuthGuard:
-    """The limits of one API process, checked on the event loop before a key reaches the `auth` pool."""
+    """The limits of one API process, checked on the event loop around each key's lookup in the `auth` pool.
+
+    A lookup takes a token from its address's bad-key bucket *before* it runs and gives it back when the
+    key is valid: a thousand concurrent bad keys get no more lookups than the bucket holds. A key found
+    valid lately (`GOOD_KEY_TTL_S`) is looked up without a token, so clients behind a shared proxy keep
+    working while someone at the same address sends bad keys; it is still looked up every time (a
+    revoked key is refused at once, and forgotten).
+    """
 
     def __init__(self, *, login_per_minute: int, failures_per_minute: int, bad_key_ttl_s: float, clock: Clock) -> None:
         self.logins = RateLimiter(login_per_minute, clock=clock)
         self.failures = RateLimiter(failures_per_minute, clock=clock)
-        self.bad_keys = BadKeys(bad_key_ttl_s, clock=clock)
+        self.bad_keys = KeyMemory(bad_key_ttl_s, clock=clock)
+        self.good_keys = KeyMemory(GOOD_KEY_TTL_S, clock=clock)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> AuthGuard:
@@ -180,20 +203,39 @@ class AuthGuard:
             clock=clock,
         )
 
-    def admit(self, address: str, key: str, *, login: bool) -> None:
-        """Before a key is looked up: 429 when the address is over a limit, 401 for a key known to be bad."""
-        wait = self.failures.wait_s(address)
-        if wait > 0:
-            raise _too_many("bad API keys", wait, "MEDCLOUD_AUTH_FAILURES_PER_MINUTE")
+    def admit(self, address: str, key: str, *, login: bool) -> bool:
+        """Before a key is looked up: 429 when the address is over a limit, 401 for a key known to be bad.
+
+        Returns whether a bad-key token was taken for the lookup (`accepted`/`undecided` give it back).
+        """
+        charged = False
+        if key not in self.good_keys:
+            wait = self.failures.take(address)
+            if wait > 0:
+                raise _too_many("bad API keys", wait, "MEDCLOUD_AUTH_FAILURES_PER_MINUTE")
+            charged = True
         if login:
             wait = self.logins.take(address)
             if wait > 0:
+                self.undecided(address, charged=charged)
                 raise _too_many("logins", wait, "MEDCLOUD_LOGIN_RATE_PER_MINUTE")
         if len(key) > MAX_KEY_CHARS or key in self.bad_keys:
-            self.failures.spend(address)
-            raise Unauthorized(INVALID_KEY)
+            raise Unauthorized(INVALID_KEY)  # its token stays taken: a bad key counts
+        return charged
 
-    def refused(self, address: str, key: str) -> None:
-        """The lookup found no valid key: count it against the address and remember the key for a while."""
-        self.failures.spend(address)
+    def accepted(self, address: str, key: str, *, charged: bool) -> None:
+        """The lookup found a valid key: its token comes back and the key skips the bucket for a while."""
+        self.undecided(address, charged=charged)
+        self.good_keys.add(key)
+
+    def refused(self, address: str, key: str, *, charged: bool) -> None:
+        """The lookup found no valid key: it counts against the address; the key is remembered for a while."""
+        if not charged:
+            self.failures.spend(address)
+        self.good_keys.discard(key)
         self.bad_keys.add(key)
+
+    def undecided(self, address: str, *, charged: bool) -> None:
+        """The lookup said nothing about the key (the database failed, another limit answered): no count."""
+        if charged:
+            self.failures.give_back(address)
