@@ -54,19 +54,6 @@ class Api:
         return self.client.delete(self.url(path, org), headers=self.headers(user), **kw)
 
 
-def sandbox_reachable(data_dir: Path) -> None:
-    """Let model code's users pass through pytest's private temp folders, as set-up does for Python itself."""
-    import grp
-
-    from medcloud.sandbox import grant_traversal
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(KeyError):
-        if os.geteuid() == 0:
-            grp.getgrnam("medcloud-model")
-            grant_traversal(data_dir.parent, "medcloud-model")
-
-
 USERS = {"alice": "acme", "bob": "acme", "eve": "other"}
 # Tests fetch bundles, images, storage (moto, Azurite), DICOMweb (Orthanc) and MLflow from this machine and
 # use local bundle paths and local datasets in temporary folders: allowed explicitly here, as the server's
@@ -82,7 +69,7 @@ LOCAL_TEST_SETTINGS: dict[str, object] = {
 
 @contextlib.contextmanager
 def make_api(data_dir: Path, **settings: object) -> Iterator[Api]:
-    sandbox_reachable(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context.build(Settings(data_dir=data_dir, demo=False, **{**LOCAL_TEST_SETTINGS, **settings}))
     with TestClient(create_app(context=ctx)) as client:
         api = Api(client=client, ctx=ctx)

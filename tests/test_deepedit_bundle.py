@@ -168,7 +168,7 @@ def test_the_official_train_json_trains_through_the_bundle_train_path(deepedit_b
 
     from medcloud.families.deepedit.predictor import bundle_scripts_importable
     from medcloud.jobs.spec import JobSpec
-    from medcloud.learning.train import run_bundle_train
+    from medcloud.modelrun.train import run_bundle_train
 
     bundle = Path(shutil.copytree(deepedit_bundle, tmp_path / "bundle"))
     items = []

@@ -398,7 +398,7 @@ def test_dataset_with_a_path_like_image_id_is_refused(api, local_dataset):
 
 def test_batch_output_cannot_escape_the_predictions_folder(tmp_path, monkeypatch):
     from medcloud.jobs.spec import JobSpec
-    from medcloud.learning import batch
+    from medcloud.modelrun import batch
 
     class Writer:
         def load(self) -> None:

@@ -31,7 +31,7 @@ from medcloud.jobs.ticket import JobTicket
 from medcloud.learning.actions import begin_cancel
 from medcloud.learning.controller import AnnotationController
 
-# A stand-in worker: its command line is a worker's (`medcloud.jobs.worker --job-id ID`), and it ends
+# A stand-in worker: its command line is a worker's (`medcloud.worker.run --job-id ID`), and it ends
 # only when the test says so, writing the outcome a real worker would.
 FAKE_WORKER = """
 import json, os, sys, time
@@ -65,7 +65,7 @@ class Workers:
     def start(self, job_id: str) -> subprocess.Popen:
         self.job_dir(job_id).mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
-            [sys.executable, "-c", FAKE_WORKER, "medcloud.jobs.worker", "--job-id", job_id, str(self.job_dir(job_id))],
+            [sys.executable, "-c", FAKE_WORKER, "medcloud.worker.run", "--job-id", job_id, str(self.job_dir(job_id))],
             start_new_session=True,
         )
         self.procs.append(proc)

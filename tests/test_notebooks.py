@@ -434,7 +434,7 @@ def test_training_a_custom_monai_bundle(notebooks):
     assert checkpoints, sorted(results)
     import torch
 
-    from medcloud.learning.train import load_state_dict
+    from medcloud.modelrun.train import load_state_dict
 
     reference = torch.load(nb.zoo_folder / "models" / "model.pt", map_location="cpu", weights_only=True)
     tmp = nb.zoo_folder.parent / "trained.pt"

@@ -77,7 +77,7 @@ def app_name(experiment_id: str) -> str:
 
 def replica_info(experiment_id: str) -> dict[str, Any]:
     """One replica's own account (pid, GPU, weights, environment), asked through Serve like any request."""
-    return serve.get_app_handle(app_name(experiment_id)).info.remote().result(timeout_s=120)
+    return json.loads(serve.get_app_handle(app_name(experiment_id)).info.remote().result(timeout_s=120))
 
 
 def running_replicas(experiment_id: str) -> int:

@@ -298,7 +298,7 @@ def test_a_killed_worker_on_ray_is_an_error(ray_api: Api, local_dataset: Path, d
     job_id = start(ray_api, exp, {"epochs": 500})
     wait_for(lambda: job(ray_api, exp, job_id)["result"].get("max_epoch"), timeout=240, what="training to start")
     directory = ray_api.ctx.jobs.job_dir(job_id)
-    [worker] = [pid for pid in processes_in(directory) if argv(pid)[1:3] == ["-m", "medcloud.jobs.worker"]]
+    [worker] = [pid for pid in processes_in(directory) if argv(pid)[1:3] == ["-m", "medcloud.worker.run"]]
     os.kill(worker, signal.SIGKILL)  # what a crash of the worker looks like
     failed = wait_status(ray_api, exp, job_id, {"Error", "Done"})
     # The model process dies with its worker (PR_SET_PDEATHSIG), out of Ray's reach as it would otherwise be.

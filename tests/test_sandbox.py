@@ -1,11 +1,24 @@
-"""Model code runs sandboxed: no server secrets in its environment, no master key, database or other
-experiment's files, and nothing it plants is read back by the server with the server's authority."""
+"""Hostile bundles against the sandbox (issue 18): each attack, and its effect on the server, one test each.
+
+A probe bundle (`probe_bundle.py`) runs as a model host and as a train job and tries what a bundle author
+could: read the master key, the database, the ticket and another experiment's bundle; connect to the API,
+PostgreSQL and the cloud metadata address; plant links where the server reads or once touched names;
+answer with a pickle, an oversized or a malformed frame; replace its outputs by links; fork and allocate
+without end; leave a process behind. Every test asserts on the effect: no file created, no byte of the key
+served, no connection accepted, no process left.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import socket
 import tarfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -13,110 +26,311 @@ import pytest
 from conftest import make_api
 from helpers import wait_for
 from probe_bundle import make_probe_bundle
-from test_realtime_inference import create_dataset, create_experiment
+from test_realtime_inference import create_dataset, create_experiment, manifest_entries
 
 from medcloud.demo.bundles import pack_bundle
 
-
-def _root_with_group() -> bool:
-    import grp
-
-    try:
-        grp.getgrnam("medcloud-model")
-    except KeyError:
-        return False
-    return os.geteuid() == 0
-
-
-ROOT_WITH_GROUP = _root_with_group()
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the hostile-bundle suite runs the server as root, as deployed")
 SECRET = "s" * 40
 
 
-def _probe_report(path: Path) -> dict:
+@dataclass
+class Scene:
+    """A server as root, a victim experiment, listeners standing for the API and PostgreSQL, and the probe."""
+
+    api: object
+    data: Path
+    dataset: str
+    image_id: str
+    victim_file: Path
+    listeners: list[socket.socket]
+    tmp: Path
+
+    def config(self, mode: str, **extra: object) -> dict:
+        return {
+            "mode": mode,
+            "data_dir": str(self.data),
+            "victim_file": str(self.victim_file),
+            "server_pid": os.getpid(),
+            "api_port": self.listeners[0].getsockname()[1],
+            "postgres_port": self.listeners[1].getsockname()[1],
+            "marker": str(self.tmp / f"pickle-ran-{uuid.uuid4().hex}"),
+            **extra,
+        }
+
+    def probe_experiment(self, base: Path, config: dict, *, realtime: bool) -> str:
+        resp = self.create_probe(base, config, realtime=realtime)
+        assert resp.status_code == 201, resp.text
+        return resp.json()["id"]
+
+    def create_probe(self, base: Path, config: dict, *, realtime: bool):
+        probe = make_probe_bundle(base, self.tmp / uuid.uuid4().hex, config)
+        body = {
+            "name": f"probe-{config['mode']}",
+            "network_arch": "monai_custom",
+            "train_datasets": [self.dataset],
+            "realtime_infer": realtime,
+            "bundle_url": f"file://{pack_bundle(probe, probe.parent, 'zip')}",
+        }
+        return self.api.post("experiments", user="bob", json=body)
+
+    def infer(self, exp_id: str):
+        return self.api.post(
+            f"experiments/{exp_id}/jobs", user="bob", json={"action": "inference", "specs": {"image": self.image_id}}
+        )
+
+    def train(self, exp_id: str) -> str:
+        resp = self.api.post(
+            f"experiments/{exp_id}/jobs", user="bob", json={"action": "train", "specs": {"train#trainer#max_epochs": 1}}
+        )
+        assert resp.status_code == 201, resp.text
+        job_id = resp.json()
+        wait_for(
+            lambda: self.api.get(f"experiments/{exp_id}/jobs/{job_id}", user="bob").json()["status"]
+            in ("Done", "Error"),
+            timeout=300,
+            what="the train job to end",
+        )
+        return job_id
+
+    def master_key(self) -> str:
+        return (self.data / "secret.key").read_text().strip()
+
+    def nothing_connected(self) -> bool:
+        return not select.select(self.listeners, [], [], 0)[0]
+
+    def planted(self) -> list[Path]:
+        return sorted(self.data.glob("planted-*"))
+
+
+@contextmanager
+def scene(tmp: Path, dataset_root: Path, demo_bundles: dict[str, Path], **settings: object) -> Iterator[Scene]:
+    listeners = []
+    for _ in range(2):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listeners.append(listener)
+    try:
+        with make_api(tmp / "data", bundle_allow_local_paths=True, **settings) as api:
+            dataset = create_dataset(api, dataset_root)
+            victim = create_experiment(api, dataset, pack_bundle(demo_bundles["segmentation"], tmp, "zip"))
+            victim_file = tmp / "data" / "experiments" / victim["id"] / "bundle" / "configs" / "metadata.json"
+            assert victim_file.exists()
+            bob_dataset = create_dataset(api, dataset_root, user="bob")
+            image_id = manifest_entries(dataset_root)[0]["image"]["id"]
+            yield Scene(api, tmp / "data", bob_dataset, image_id, victim_file, listeners, tmp)
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def _probe(path: Path) -> dict:
     return json.loads(wait_for(lambda: path.exists() and path.read_text(), timeout=240, what=str(path)))
 
 
-@pytest.fixture
-def hostile(tmp_path, local_dataset, demo_bundles, monkeypatch):
-    """A server with secrets in its environment, a victim experiment, and the probe bundle of another user."""
-    # The master key is in data/secret.key (what a bundle would look for); other secrets are in the environment.
-    monkeypatch.setenv("MEDCLOUD_DATABASE_PASSWORD", SECRET)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-of-the-server")
-    mode = "uid" if ROOT_WITH_GROUP else "auto"
-    with make_api(tmp_path / "data", model_sandbox=mode, bundle_allow_local_paths=True) as api:
-        dataset_id = create_dataset(api, local_dataset)
-        victim = create_experiment(api, dataset_id, pack_bundle(demo_bundles["segmentation"], tmp_path, "zip"))
-        victim_file = tmp_path / "data" / "experiments" / victim["id"] / "bundle" / "configs" / "metadata.json"
-        assert victim_file.exists()
-        probe = make_probe_bundle(demo_bundles["segmentation"], tmp_path / "probe", victim_file)
-        dataset_bob = create_dataset(api, local_dataset, user="bob")
-        api.bob_dataset = dataset_bob  # type: ignore[attr-defined]
-        yield api, probe, tmp_path / "data"
+def _refused(report: dict, *names: str) -> None:
+    for name in names:
+        assert not report[name].startswith("ok"), (name, report[name])
 
 
-def _probe_experiment(api, probe: Path, *, realtime: bool) -> str:
-    """Bob's experiment on the hostile bundle: its code runs when the host loads or the job trains."""
-    body = {
-        "name": "probe",
-        "network_arch": "monai_custom",
-        "train_datasets": [api.bob_dataset],
-        "realtime_infer": realtime,
-        "bundle_url": f"file://{pack_bundle(probe, probe.parent, 'zip')}",
-    }
-    resp = api.post("experiments", user="bob", json=body)
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"]
+def _sees_only_mount_points(report: dict) -> None:
+    """The data dir inside the sandbox holds only the empty folders bwrap made to mount the model's own
+    folders on: no key, no database, no cache, no other experiment's folder."""
+    listing = report["list_data"]
+    if listing.startswith("ok:"):
+        assert set(listing[3:].split(",")) <= {"hosts", "experiments", "jobs"}, listing
 
 
-def _assert_contained(report: dict, data_dir: Path) -> None:
-    assert report["env"] == [], report["env"]
-    assert not report["secret_key"].startswith("ok"), report
-    assert not report["database"].startswith("ok"), report
-    assert not report["uids"].startswith("ok"), report
-    assert not report["other_experiment"].startswith("ok"), report
-    assert not report["parent_environ"].startswith("ok"), report
-    assert not report["link_secret"].startswith("ok"), report
-    assert not report["list_data"].startswith("ok"), report
-    assert not report["list_experiments"].startswith("ok"), report
-    assert not report["list_cache"].startswith("ok"), report
-    assert report["uid"] != 0
+# -- the model host ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not ROOT_WITH_GROUP, reason="the uid sandbox needs a root server (and the set-up's group)")
-def test_model_host_code_reaches_no_secret_and_no_other_experiment(hostile):
-    api, probe, data_dir = hostile
-    exp_id = _probe_experiment(api, probe, realtime=True)
-    report = _probe_report(data_dir / "hosts" / exp_id / "probe.json")
-    _assert_contained(report, data_dir)
+@pytest.fixture(scope="module")
+def host_attack(tmp_path_factory, demo_bundles, monkeypatch_module) -> Iterator[tuple[Scene, str, dict, object]]:
+    """One hostile model host: its report, and the answer to a request whose outputs it replaced by links."""
+    from medcloud.demo.synthetic import write_demo_dataset
+
+    monkeypatch_module.setenv("MEDCLOUD_DATABASE_PASSWORD", SECRET)
+    monkeypatch_module.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-of-the-server")
+    tmp = tmp_path_factory.mktemp("host-attack")
+    dataset_root = write_demo_dataset(tmp / "dataset").parent
+    with scene(tmp, dataset_root, demo_bundles) as s:
+        exp_id = s.probe_experiment(demo_bundles["segmentation"], s.config("report"), realtime=True)
+        answer = s.infer(exp_id)
+        report = _probe(s.data / "hosts" / exp_id / "out" / "probe.json")
+        yield s, exp_id, report, answer
 
 
-@pytest.mark.skipif(not ROOT_WITH_GROUP, reason="the uid sandbox needs a root server (and the set-up's group)")
-def test_train_job_code_reaches_no_secret_and_its_planted_links_are_not_followed(hostile):
-    api, probe, data_dir = hostile
-    exp_id = _probe_experiment(api, probe, realtime=False)
-    resp = api.post(
-        f"experiments/{exp_id}/jobs", user="bob", json={"action": "train", "specs": {"train#trainer#max_epochs": 1}}
-    )
-    assert resp.status_code == 201, resp.text
-    job_id = resp.json()  # a bare JSON string, as the contract says
-    report = _probe_report(data_dir / "jobs" / job_id / "probe.json")
-    _assert_contained(report, data_dir)
-    wait_for(
-        lambda: api.get(f"experiments/{exp_id}/jobs/{job_id}", user="bob").json()["status"] in ("Done", "Error"),
-        timeout=300,
-        what="the train job to end",
-    )
-    # The probe left results/leak.txt and logs.txt as links to the master key: neither is served.
-    master = (data_dir / "secret.key").read_text().strip()
-    assert len(master) >= 32
-    logs = api.get(f"experiments/{exp_id}/jobs/{job_id}/logs", user="bob")
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_host_code_runs_as_its_own_uid_with_an_allow_listed_environment(host_attack):
+    _s, _exp, report, _answer = host_attack
+    assert report["uid"] >= 2_100_000_000
+    assert report["env"] == []
+
+
+def test_host_code_reads_no_server_file(host_attack):
+    _s, _exp, report, _answer = host_attack
+    _refused(report, "secret_key", "database", "list_cache", "host_log")
+    _sees_only_mount_points(report)
+
+
+def test_host_code_reads_no_other_experiment(host_attack):
+    _s, _exp, report, _answer = host_attack
+    _refused(report, "other_experiment")
+
+
+def test_host_code_sees_no_server_process(host_attack):
+    _s, _exp, report, _answer = host_attack
+    _refused(report, "parent_environ", "server_environ")
+
+
+def test_host_code_cannot_write_its_bundle(host_attack):
+    s, exp_id, report, _answer = host_attack
+    _refused(report, "write_bundle")
+    assert not (s.data / "experiments" / exp_id / "bundle" / "planted.py").exists()
+
+
+def test_host_code_has_no_network(host_attack):
+    s, _exp, report, _answer = host_attack
+    _refused(report, "tcp_api", "tcp_postgres", "tcp_metadata")
+    assert s.nothing_connected()
+
+
+def test_host_code_cannot_hard_link_the_master_key(host_attack):
+    s, _exp, report, _answer = host_attack
+    _refused(report, "link_secret")
+    key = (s.data / "secret.key").stat()
+    assert key.st_nlink == 1 and key.st_mode & 0o777 == 0o600
+
+
+def test_an_output_replaced_by_a_link_serves_no_byte_of_the_key(host_attack):
+    s, _exp, _report, answer = host_attack
+    assert answer.status_code == 503, answer.text
+    assert s.master_key() not in answer.text
+    assert "cannot be read" in answer.json()["error_desc"]
+
+
+def test_links_planted_in_the_host_folder_make_the_server_create_nothing(host_attack):
+    s, exp_id, report, _answer = host_attack
+    assert report["plant_host.log"] == "ok:None"  # the probe did plant them
+    for _ in range(2):
+        again = s.infer(exp_id)
+        assert again.status_code == 503 and s.master_key() not in again.text
+    assert s.planted() == []
+
+
+def test_error_messages_name_no_server_path(host_attack):
+    s, _exp, _report, answer = host_attack
+    assert str(s.data) not in answer.text
+
+
+@pytest.mark.parametrize("mode", ["pickle", "oversized", "malformed"])
+def test_a_host_that_sends_no_json_frame_is_stopped_and_nothing_it_sent_runs(tmp_path, local_dataset, demo_bundles, mode):
+    with scene(tmp_path, local_dataset, demo_bundles) as s:
+        config = s.config(mode)
+        for _ in range(2):  # the host's first frame answers the load check at creation: refused each time
+            answer = s.create_probe(demo_bundles["segmentation"], config, realtime=True)
+            assert answer.status_code == 503, answer.text
+            assert "malformed reply" in answer.json()["error_desc"]
+        assert not Path(config["marker"]).exists()
+        assert s.api.client.get("/api/v1/health/liveness").json()["status"] == "ok"
+        listed = s.api.get("experiments", user="bob").json()
+        assert all(not e["name"].startswith("probe") for e in (listed if isinstance(listed, list) else []))
+
+
+def test_fork_bomb_and_memory_hog_hit_their_limits_and_the_server_serves_on(tmp_path, local_dataset, demo_bundles):
+    limits = {"sandbox_max_processes": 300, "sandbox_memory_bytes": 8 * 1024**3}
+    with scene(tmp_path, local_dataset, demo_bundles, **limits) as s:
+        bomb = s.probe_experiment(demo_bundles["segmentation"], s.config("forkbomb", forks=600), realtime=True)
+        s.infer(bomb)
+        report = _probe(s.data / "hosts" / bomb / "out" / "probe.json")
+        assert report["forks"] < 300 and report["fork_failure"] == "BlockingIOError:11", report
+        hog = s.probe_experiment(
+            demo_bundles["segmentation"], s.config("memory", hog_bytes=12 * 1024**3), realtime=True
+        )
+        s.infer(hog)
+        report = _probe(s.data / "hosts" / hog / "out" / "probe.json")
+        assert report["memory"] == "MemoryError", report
+        assert s.api.client.get("/api/v1/health/liveness").json()["status"] == "ok"
+
+
+# -- a train job ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def job_attack(tmp_path_factory, demo_bundles) -> Iterator[tuple[Scene, str, str, dict]]:
+    from medcloud.demo.synthetic import write_demo_dataset
+
+    tmp = tmp_path_factory.mktemp("job-attack")
+    dataset_root = write_demo_dataset(tmp / "dataset").parent
+    with scene(tmp, dataset_root, demo_bundles) as s:
+        tag = f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6}"
+        exp_id = s.probe_experiment(demo_bundles["segmentation"], s.config("detach", detach_tag=tag), realtime=False)
+        job_id = s.train(exp_id)
+        report = _probe(s.data / "jobs" / job_id / "model" / "probe.json")
+        report["tag"] = tag
+        yield s, exp_id, job_id, report
+
+
+def test_job_code_cannot_read_its_ticket_and_the_worker_deleted_it(job_attack):
+    s, _exp, job_id, report = job_attack
+    _refused(report, "ticket")
+    assert not (s.data / "jobs" / job_id / "ticket.json").exists()
+
+
+def test_job_code_reads_no_server_file_and_no_other_experiment(job_attack):
+    _s, _exp, _job, report = job_attack
+    _refused(report, "secret_key", "database", "list_cache", "other_experiment", "link_secret")
+    _sees_only_mount_points(report)
+    assert report["env"] == []
+
+
+def test_job_code_has_no_network(job_attack):
+    s, _exp, _job, report = job_attack
+    _refused(report, "tcp_api", "tcp_postgres", "tcp_metadata")
+    assert s.nothing_connected()
+
+
+def test_a_detached_process_ends_with_its_job(job_attack):
+    _s, _exp, _job, report = job_attack
+    assert report["detached"] == "spawned"
+
+    def leftovers() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if report["tag"].encode() in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
+                except OSError:
+                    pass
+        return found
+
+    assert wait_for(lambda: leftovers() == [], timeout=30, what="the detached process to be gone")
+
+
+def test_links_planted_in_the_job_folder_are_neither_followed_nor_served(job_attack):
+    s, exp_id, job_id, _report = job_attack
+    assert s.planted() == []
+    master = s.master_key()
+    logs = s.api.get(f"experiments/{exp_id}/jobs/{job_id}/logs", user="bob")
     assert master not in logs.text
-    download = api.get(f"experiments/{exp_id}/jobs/{job_id}:download", user="bob")
+    download = s.api.get(f"experiments/{exp_id}/jobs/{job_id}:download", user="bob")
     assert download.status_code == 200, download.text
     with tarfile.open(fileobj=BytesIO(download.content)) as tar:
-        for member in tar.getmembers():
+        members = tar.getmembers()
+        assert members and all(m.isfile() or m.isdir() for m in members)
+        for member in members:
             if member.isfile():
                 assert master.encode() not in tar.extractfile(member).read(), member.name
+
+
+# -- the pieces -------------------------------------------------------------------------------------------
 
 
 def test_model_environment_is_an_allow_list(tmp_path, monkeypatch):
@@ -126,34 +340,56 @@ def test_model_environment_is_an_allow_list(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDCLOUD_SECRET_KEY", SECRET)
     monkeypatch.setenv("AZURE_STORAGE_KEY", "k")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    box = Sandbox(Settings(data_dir=tmp_path / "data", model_sandbox="off").resolved())
-    env = box.env(home=tmp_path / "home")
+    box = Sandbox(Settings(data_dir=tmp_path / "data", model_sandbox="unsafe").resolved())
+    env = box.env()
     assert "MEDCLOUD_SECRET_KEY" not in env and "AZURE_STORAGE_KEY" not in env
-    assert env["OMP_NUM_THREADS"] == "2" and env["HOME"] == str(tmp_path / "home")
+    assert env["OMP_NUM_THREADS"] == "2" and env["HOME"] == "/tmp"
 
 
-@pytest.mark.skipif(not ROOT_WITH_GROUP, reason="the uid sandbox needs a root server (and the set-up's group)")
-def test_each_experiment_gets_its_own_uid_and_private_folders(tmp_path):
+def test_each_experiment_gets_its_own_uid_and_a_fresh_folder(tmp_path):
     from medcloud.config import Settings
     from medcloud.sandbox import Sandbox
 
     data = tmp_path / "data"
-    data.mkdir()
-    from conftest import sandbox_reachable
-
-    sandbox_reachable(data)
-    box = Sandbox(Settings(data_dir=data, model_sandbox="uid").resolved())
+    box = Sandbox(Settings(data_dir=data, model_sandbox="bwrap").resolved())
     a, b = box.identity("a"), box.identity("b")
     assert a.uid != b.uid and a.uid and a.uid > 1000 and box.identity("a") == a
-    folder = box.prepare(data / "experiments" / "a", experiment_id="a")
+    folder = data / "hosts" / "a" / "out"
+    folder.parent.mkdir(parents=True)
+    folder.mkdir()
+    os.symlink(data / "secret-elsewhere", folder / "left-behind")
+    box.fresh_folder(folder, experiment_id="a")
     assert folder.stat().st_uid == a.uid and folder.stat().st_mode & 0o777 == 0o700
-    assert data.stat().st_mode & 0o777 == 0o710 and (data / "cache").stat().st_mode & 0o777 == 0o700
+    assert list(folder.iterdir()) == [] and not (data / "secret-elsewhere").exists()
+    assert data.stat().st_mode & 0o777 == 0o700
+
+
+def test_without_bubblewrap_model_code_is_refused_unless_unsafe(tmp_path, monkeypatch):
+    from medcloud.config import Settings
+    from medcloud.errors import Unavailable
+    from medcloud.sandbox import Sandbox
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no bwrap to be found
+    box = Sandbox(Settings(data_dir=tmp_path / "auto", model_sandbox="auto").resolved())
+    assert box.describe()["mode"] == "refused" and "bwrap" in box.describe()["problem"]
+    with pytest.raises(Unavailable, match="MEDCLOUD_MODEL_SANDBOX=unsafe"):
+        box.launch(["-c", "pass"], experiment_id="e", readable=[], writable=None)
+    with pytest.raises(RuntimeError, match="bubblewrap"):
+        Sandbox(Settings(data_dir=tmp_path / "strict", model_sandbox="bwrap").resolved())
+    unsafe = Sandbox(Settings(data_dir=tmp_path / "unsafe", model_sandbox="unsafe").resolved())
+    assert unsafe.describe()["mode"] == "unsafe"
+
+
+def test_health_says_which_sandbox_runs(api):
+    body = api.client.get("/api/v1/health/readiness").json()
+    assert body["model_sandbox"]["mode"] == "bwrap"
+    assert "network" in body["model_sandbox"]["isolation"]
 
 
 def test_staged_inputs_survive_cache_eviction(tmp_path, local_dataset, demo_zips):
     """Finding 14: a job's inputs are links in its own folder, so the cache may evict its copies mid-run."""
     from medcloud.jobs.orm import Job
-    from medcloud.learning.staging import WorkerContext, stage_job
+    from medcloud.worker.staging import WorkerContext, stage_job
     from medcloud.learning.tickets import build_ticket
 
     with make_api(tmp_path / "data", bundle_allow_local_paths=True) as api:

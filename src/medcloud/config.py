@@ -45,7 +45,6 @@ class Settings(BaseSettings):
         description="Serve Swagger UI at /docs from the installed package's files (never a CDN); false: no /docs.",
     )
 
-
     # Blocking work runs in one bounded pool per kind (medcloud/pools.py), so slow storage or bundle
     # downloads never queue the token check of other requests.
     pool_auth_threads: int = Field(default=8, ge=1, description="Token/membership checks and login.")
@@ -171,14 +170,35 @@ class Settings(BaseSettings):
     )
     host_python: str | None = Field(default=None, description="Python that runs model hosts; default ours.")
 
-    # Model code (bundles are code) runs in a sandbox: see medcloud/sandbox.py and docs/security.md.
-    model_sandbox: Literal["auto", "uid", "off"] = Field(
+    # Model code (bundles are code) runs in a bubblewrap sandbox: see medcloud/sandbox.py and docs/security.md.
+    model_sandbox: Literal["auto", "bwrap", "unsafe"] = Field(
         default="auto",
-        description="auto: on a root server, each experiment's code runs as its own unprivileged uid when the "
-        "sandbox group exists; uid: the same, and refuse to start without it; off: the server's own user.",
+        description="auto: model code runs in bubblewrap's namespaces, and is refused where bwrap cannot create "
+        "them; bwrap: the same, and the server refuses to start without it; unsafe: model code runs with a "
+        "scrubbed environment only (every bundle trusted).",
     )
-    sandbox_group: str = Field(default="medcloud-model", description="Group of sandbox uids (created by set-up).")
     sandbox_uid_base: int = Field(default=2_100_000_000, ge=1000, description="First uid given to model code.")
+    sandbox_memory_bytes: int | None = Field(
+        default=None, ge=1 << 26, description="Address space of one model process (RLIMIT_AS); none by default."
+    )
+    sandbox_max_processes: int = Field(
+        default=4096, ge=16, description="Processes and threads of one experiment's model code (RLIMIT_NPROC)."
+    )
+    sandbox_cpu_seconds: int | None = Field(default=None, ge=1, description="CPU seconds of one model process.")
+    sandbox_cpus: int | None = Field(default=None, ge=1, description="CPUs one model process may run on.")
+    sandbox_file_bytes: int | None = Field(
+        default=64 * 1024**3, ge=1 << 20, description="Largest file model code may write (RLIMIT_FSIZE)."
+    )
+    sandbox_max_open_files: int = Field(default=65536, ge=64, description="Open files of one model process.")
+    sandbox_tmp_bytes: int = Field(
+        default=8 * 1024**3, ge=1 << 20, description="Size of model code's private /tmp and /dev/shm (memory)."
+    )
+    sandbox_job_wall_s: float | None = Field(
+        default=None, gt=0, description="Longest a job's model process may run; killed past it (none by default)."
+    )
+    sandbox_readable_paths: list[str] = Field(
+        default_factory=list, description="More folders model code sees read-only (e.g. a shared model store)."
+    )
     sandbox_env_passthrough: list[str] = Field(
         default_factory=list, description="Extra environment variables model code may see (e.g. a proxy)."
     )
@@ -211,6 +231,12 @@ class Settings(BaseSettings):
         default=1, ge=1, description="Fewest replicas any experiment runs (capped by the max)."
     )
     ray_max_replicas: int = Field(default=1, ge=1, description="Most replicas autoscaling may start per experiment.")
+
+    @field_validator("model_sandbox", mode="before")
+    @classmethod
+    def _sandbox_mode(cls, value: object) -> object:
+        # the names before bubblewrap: `uid` asked for isolation (now bwrap's), `off` for none
+        return {"uid": "bwrap", "off": "unsafe"}.get(value, value) if isinstance(value, str) else value
 
     @field_validator("egress_allowed_networks")
     @classmethod

@@ -2,7 +2,7 @@
 
 A MONAI bundle is code, and an attacker towards the server. Every process that runs model code — the
 model host of a real-time experiment (`inference/host.py`), the model inside a Ray replica, the model
-process of a train or batch job (`jobs/model_run.py`) — is started through `Sandbox.launch`, which wraps
+process of a train or batch job (`modelrun/main.py`) — is started through `Sandbox.launch`, which wraps
 it in Debian's `bwrap` (bubblewrap, the namespace tool Flatpak uses):
 
 - its own mount namespace holding only `/usr` (and the usual links to it), a few files of `/etc`, the
@@ -135,8 +135,9 @@ class Sandbox:
         >>> proc = subprocess.Popen(launch.argv, **launch.popen_kwargs()); launch.close()
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, fixed_uid: int | None = None) -> None:
         self.settings = settings
+        self.fixed_uid = fixed_uid  # a Ray replica's: derived from the experiment, no table on its node
         self.data_dir = settings.data_dir
         self.root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
@@ -213,6 +214,8 @@ class Sandbox:
             return Identity()
         if experiment_id is None:
             return Identity(uid=self.settings.sandbox_uid_base, gid=self.settings.sandbox_uid_base)
+        if self.fixed_uid is not None:
+            return Identity(uid=self.fixed_uid, gid=self.fixed_uid)
         uid = self._allocate_uid(experiment_id)
         return Identity(uid=uid, gid=uid)
 

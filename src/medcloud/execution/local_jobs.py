@@ -1,7 +1,7 @@
 """The local job backend: one worker process per job on this machine, in its own session.
 
 `submit` writes the ticket into `<data_dir>/jobs/<id>/` (0600) and starts
-`python -m medcloud.jobs.worker --job-id ID --ticket ...` with its output in the job folder's log. The
+`python -m medcloud.worker.run --job-id ID --ticket ...` with its output in the job folder's log. The
 handle is the worker's pid. After an API restart a worker still running is adopted: found by its pid
 (checked against its command line: pids get reused), or by its command line when the API died before
 recording the pid. The worker reports through its job folder (`progress.json`, `outcome.json`).
@@ -25,12 +25,20 @@ from medcloud.jobs import files
 from medcloud.jobs.ticket import TICKET, JobTicket
 
 log = logging.getLogger(__name__)
-WORKER_MODULE = "medcloud.jobs.worker"
+WORKER_MODULE = "medcloud.worker.run"
 
 
 def worker_job_id(pid: int) -> str | None:
-    """The job id of a live worker process (`... -m medcloud.jobs.worker --job-id ID`), else None."""
+    """The job id of a live worker process (`... -m medcloud.worker.run --job-id ID`), else None.
+
+    A worker runs as the server's user in the server's pid namespace; model code runs as another uid in a
+    namespace of its own, so a model process that names itself a worker is never taken for one.
+    """
     try:
+        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+            return None
+        if os.stat(f"/proc/{pid}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino:
+            return None
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
@@ -127,7 +135,7 @@ class LocalJobs:
 
     def report(self, job_id: str, handle: Handle | None) -> JobReport:
         directory = self.job_dir(job_id)
-        progress = files.read_json(directory / files.PROGRESS)
+        progress = files.read_progress(directory)
         if self._alive(job_id, handle) or (handle is None and find_workers(job_id)):
             return JobReport("running", progress=progress)
         with self._lock:

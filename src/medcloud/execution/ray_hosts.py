@@ -34,7 +34,7 @@ from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus, ApplicationStatusOverview
 
-from medcloud import __version__
+from medcloud import __version__, wire
 from medcloud.config import Settings
 from medcloud.confined import copy_regular, regular_files
 from medcloud.errors import Conflict, Invalid, Unavailable
@@ -68,10 +68,10 @@ class RayHosts:
     outlives its timeout is 503 too, and a replica whose request is still running well past its deadline
     fails its health check and is replaced. A model that cannot load is `Invalid` (400).
 
-    Security: replicas run as the user of the Ray workers, not as the per-experiment sandbox user of the
-    local backend (`sandbox.py`); isolate experiments with the cluster's own means. Their environment is
-    the cluster's (started separately from the API): the runtime environment given here carries thread
-    counts only, never a MEDCLOUD_* setting or any secret of the API.
+    Security: a replica is a trusted shim; the model runs in the same bubblewrap sandbox as on the local
+    backend (`sandbox.py`), on the replica's node, with the API's `MEDCLOUD_SANDBOX_*` limits, and answers
+    JSON and bytes only (`wire.py`). The runtime environment given here carries thread counts only, never
+    a MEDCLOUD_* setting or any secret of the API.
     """
 
     def __init__(self, settings: Settings, executor: Executor | None = None) -> None:
@@ -117,7 +117,7 @@ class RayHosts:
         name, files = await self._run(_read_input, Path(image))
         response = handle.infer.remote(name, files, params, timeout)
         try:
-            reply = await asyncio.wait_for(_result(response), timeout)
+            reply, outputs = await asyncio.wait_for(_result(response), timeout)
         except TimeoutError:
             response.cancel()
             self._stale.add(eid)  # look at the application again: a replica may be hung, or it was deleted
@@ -130,13 +130,14 @@ class RayHosts:
         except asyncio.CancelledError:  # the client went away: free the replica's queue too
             response.cancel()
             raise
-        if not reply.get("ok"):
-            error = f"Error: {reply.get('error')}"
+        if reply.get("ok") is not True:
+            error = f"Error: {str(reply.get('error'))[:2000]}"
             raise Invalid(error) if reply.get("kind") == "model" else Unavailable(error)
+        inference = reply.get("inference")
         return Outputs(
-            files=[(rel, io.BytesIO(data)) for rel, data in reply["files"]],
+            files=[(rel, io.BytesIO(data)) for rel, data in outputs],
             folder=None,
-            inference=reply.get("inference"),
+            inference=inference if isinstance(inference, dict) else None,
         )
 
     async def swap(self, experiment_id: str, weights: Path, timeout: float = 120) -> None:
@@ -209,7 +210,7 @@ class RayHosts:
         current = self._status(name)
         if current is not None and _running_replicas(current):
             # A redeploy keeps hot-swapped weights: they are applied on top of the bundle in every replica.
-            config = self._attach(name).info.remote().result(timeout_s=timeout)["config"]
+            config = replica_info(self._attach(name), timeout)["config"]
         self._run_app(name, replica_spec, config)
         try:
             self._wait_running(name, timeout, every_replica=True)
@@ -264,7 +265,8 @@ class RayHosts:
             user_config=config,
             **self._scaling(int(replica_spec["replicas"])),
         ).options(version=version, _internal=True)
-        target = serve.RunTarget(target=deployment.bind(replica_spec, self.threads), name=name, route_prefix=None)
+        bound = deployment.bind(replica_spec, self.threads, sandbox_settings(self.settings))
+        target = serve.RunTarget(target=bound, name=name, route_prefix=None)
         serve.run_many([target], wait_for_applications_running=False)
 
     def _scaling(self, replicas: int) -> dict[str, Any]:
@@ -315,11 +317,11 @@ class RayHosts:
         if app is None or not _running_replicas(app):
             return  # nothing runs: the next deploy loads the bundle, whose weights the caller updated
         handle = self._attach(name)
-        info = handle.info.remote().result(timeout_s=timeout)
+        info = replica_info(handle, timeout)
         staged = self._stage_weights(experiment_id, weights)
         self._run_app(name, info["spec"], {**info["config"], "weights": str(staged)})
         self._wait_running(name, timeout, every_replica=True)
-        failed = handle.info.remote().result(timeout_s=timeout)["swap_error"]
+        failed = replica_info(handle, timeout)["swap_error"]
         if failed and failed["weights"] == str(staged):
             self._run_app(name, info["spec"], info["config"])  # keep every replica, and later ones, on the old
             self._wait_running(name, timeout, every_replica=True)
@@ -409,8 +411,28 @@ def replicas_allowed(replicas: int, most: int) -> None:
         )
 
 
-async def _result(response: Any) -> dict[str, Any]:
-    return await response
+def sandbox_settings(settings: Settings) -> dict[str, Any]:
+    """The settings a replica applies to its sandboxed host on its node (`sandbox.py`)."""
+    names = [name for name in Settings.model_fields if name.startswith("sandbox_")]
+    return {"model_sandbox": settings.model_sandbox, **{name: getattr(settings, name) for name in names}}
+
+
+def replica_info(handle: DeploymentHandle, timeout: float) -> dict[str, Any]:
+    """A replica's `info()`: JSON bytes, decoded here (nothing but bytes comes back from a replica)."""
+    raw = handle.info.remote().result(timeout_s=timeout)
+    try:
+        return wire.decode(raw)
+    except (TypeError, wire.WireError) as exc:
+        raise Unavailable(f"Error: the model replica answered something unexpected: {exc}") from None
+
+
+async def _result(response: Any) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """A replica's answer: `wire.pack_files` bytes (never a Python object of the replica's choosing)."""
+    raw = await response
+    try:
+        return wire.unpack_files(raw, max_header_bytes=1 << 20)
+    except wire.WireError as exc:
+        return {"ok": False, "kind": "output", "error": f"the replica's answer is malformed ({exc})"}, []
 
 
 def _read_input(image: Path) -> tuple[str, list[tuple[str, bytes]]]:

@@ -1,7 +1,7 @@
 """Train and batch jobs as Ray Jobs: the job backend used when `MEDCLOUD_RAY_ADDRESS` is set.
 
 Each job is one Ray Job (the cluster's Jobs API, `JobSubmissionClient`) whose entrypoint is medcloud's
-worker, `<python> -m medcloud.jobs.worker --job-id <id> --ticket <job folder>/ticket.json`. The job
+worker, `<python> -m medcloud.worker.run --job-id <id> --ticket <job folder>/ticket.json`. The job
 folder is `MEDCLOUD_RAY_SHARED_DIR/jobs/<job id>/`, which every node sees at the same path: the backend
 writes the ticket there (0600: it holds the job's credentials, so nothing secret goes through Ray
 itself), the worker writes `progress.json`, `outcome.json` and `results/` there, and the API reads them.
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 SUBMISSION_PREFIX = "medcloud-"
 RUNNING = {JobStatus.PENDING, JobStatus.RUNNING}
 POLL_S = 0.1
-WORKER_MODULE = "medcloud.jobs.worker"
+WORKER_MODULE = "medcloud.worker.run"
 AGENT_WAIT_S = 60.0
 
 
@@ -190,7 +190,7 @@ class RayJobs:
         if info is None:
             return JobReport(state="gone", detail="The Ray cluster has no record of the job.")
         directory = self.job_dir(job_id)
-        progress = files.read_json(directory / files.PROGRESS)
+        progress = files.read_progress(directory)
         if info.status in RUNNING:
             return JobReport(state="running", progress=progress)
         outcome = files.read_json(directory / files.OUTCOME)

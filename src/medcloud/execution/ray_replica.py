@@ -1,33 +1,43 @@
-"""The model replica of the Ray backend: one Ray Serve replica holding one experiment's warm model.
+"""The model replica of the Ray backend: a trusted shim around the same sandboxed model host as the local one.
 
-It runs on a Ray worker, on any node of the cluster, so it imports what a model needs (the predictor of
-`inference/host.py`) and nothing of the API server: no settings, database or secrets. What crosses the
-seam is data: a request brings the input files' bytes and answers the output files' bytes; the bundle
-and hot-swapped weights are read from the cluster's shared folder (`MEDCLOUD_RAY_SHARED_DIR`).
+One Ray Serve replica holds one experiment's warm model. The replica itself is medcloud's code and runs
+no model code: it starts `inference/host.py` in the sandbox (`sandbox.py`: bubblewrap, no network, the
+bundle read-only, one writable folder) on its own node, exactly as the local backend does, and forwards
+requests to it as JSON frames. What it answers the API is bytes only (`wire.pack_files`: a JSON header
+and the output files' bytes), never a Python object, so nothing model code chose is unpickled in the API.
 
-`execution/ray_hosts.py` deploys this class; Serve calls `reconfigure` with the deployment's
-`user_config` when a replica starts and whenever it changes (hot swap), and `check_health` periodically.
+The bundle and hot-swapped weights come from the cluster's shared folder (`MEDCLOUD_RAY_SHARED_DIR`);
+the replica copies weights into its host's read-only input folder. `execution/ray_hosts.py` deploys this
+class; Serve calls `reconfigure` with the deployment's `user_config` when a replica starts and whenever
+it changes (hot swap), and `check_health` periodically.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from medcloud.confined import read_regular
-from medcloud.inference.host import build_predictor, describe, inference_report
+from medcloud import wire
+from medcloud.config import Settings
+from medcloud.errors import MedcloudError
+from medcloud.inference.hosts import HostSpec, ModelHost
 
 log = logging.getLogger("medcloud.replica")
 
 DEPLOYMENT = "ModelReplica"  # the deployment's name inside each experiment's Serve application
 # A request still running this long past its deadline makes the health check fail: Serve replaces the replica
-# (the local backend ends a host whose request timed out; model code in a thread cannot be interrupted).
+# (the local backend ends a host whose request timed out).
 HUNG_GRACE_S = 30.0
+LOAD_TIMEOUT_S = 1800.0
 
 
 class ModelLoadError(RuntimeError):
@@ -42,26 +52,37 @@ def _relative(name: str) -> Path:
     return Path(*path.parts)
 
 
+def replica_uid_base(settings: dict[str, Any], experiment_id: str) -> int:
+    """A uid for the experiment's model code on any node, from its id (replicas keep no shared table)."""
+    base = int(settings.get("sandbox_uid_base", 2_100_000_000))
+    return base + 10_000_000 + int(hashlib.sha256(experiment_id.encode()).hexdigest(), 16) % 10_000_000
+
+
 class ModelReplica:
-    """One warm model: loads the bundle once, answers one request at a time (`max_ongoing_requests=1`).
+    """One warm model: a sandboxed host process, one request at a time (`max_ongoing_requests=1`).
 
     Args:
         spec: the host spec (`inference.hosts.HostSpec` as a dict) whose `bundle_dir` is in the shared folder.
-        threads: torch's intra-op threads, matching the CPUs Ray reserved for the replica.
+        threads: the model's intra-op threads, matching the CPUs Ray reserved for the replica.
+        sandbox: the API's `model_sandbox` and `sandbox_*` settings (limits), applied on this node.
     """
 
-    def __init__(self, spec: dict[str, Any], threads: int = 1) -> None:
-        import torch
+    def __init__(self, spec: dict[str, Any], threads: int = 1, sandbox: dict[str, Any] | None = None) -> None:
+        from medcloud.sandbox import Sandbox
 
-        torch.set_num_threads(threads)
         self.spec = spec
         self.threads = threads
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        self._folder = Path(tempfile.mkdtemp(prefix="medcloud-replica-"))
+        settings = Settings(data_dir=self._folder, **(sandbox or {}))
+        self._sandbox = Sandbox(settings, fixed_uid=replica_uid_base(sandbox or {}, spec["experiment_id"]))
+        self._sandbox.make_readable(Path(spec["bundle_dir"]))  # the published copy, read-only in the sandbox
         self._lock = threading.Lock()  # a request and a weight swap never overlap
+        self._host = ModelHost(HostSpec(**spec), self._folder / "host", self._sandbox)
         try:
-            self._predictor = build_predictor(spec)
-            self._predictor.load()
-        except Exception as exc:  # Serve reports the traceback's last lines: make them the model's own error
-            raise ModelLoadError(describe(exc)) from None
+            self._host.start(LOAD_TIMEOUT_S)
+        except MedcloudError as exc:  # Serve reports the traceback's last lines: make them the model's own error
+            raise ModelLoadError(exc.message.removeprefix("Error: the model could not be loaded: ")) from None
         self._config: dict[str, Any] = {}
         self._weights: str | None = None  # the weights file swapped in last (None: the bundle's own)
         self._swap_error: dict[str, str] | None = None
@@ -80,71 +101,105 @@ class ModelReplica:
             return
         try:
             with self._lock:
-                self._predictor.swap_weights(Path(weights))
+                staged = self._sandbox.stage(Path(weights), self._host.in_dir / "weights" / uuid.uuid4().hex / "model.pt")
+                reply = self._host.call({"op": "swap", "weights": str(staged)}, LOAD_TIMEOUT_S)
+            if not reply.get("ok"):
+                raise RuntimeError(reply.get("error") or "the swap failed")
         except Exception as exc:  # noqa: BLE001  (reported through info(), see above)
-            self._swap_error = {"weights": weights, "error": describe(exc)}
+            message = exc.message if isinstance(exc, MedcloudError) else f"{type(exc).__name__}: {exc}"
+            self._swap_error = {"weights": weights, "error": message}
             return
         self._weights, self._swap_error = weights, None
         log.info("Swapped in weights %s", weights)
 
-    def infer(
-        self, image: str, files: list[tuple[str, bytes]], params: dict[str, Any], timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Run one request: `files` (name relative to the input folder, bytes) are written into a private
-        folder, `image` names the model's input among them. Answers `{"ok": True, "files": [(name, bytes)]}`
-        (regular files inside the output folder only) or `{"ok": False, "error", "kind"}`."""
-        with self._lock, tempfile.TemporaryDirectory(prefix="medcloud-request-") as tmp:
+    def infer(self, image: str, files: list[tuple[str, bytes]], params: dict[str, Any], timeout: float | None = None) -> bytes:
+        """Run one request: `files` (name relative to the input folder, bytes) are written into the host's
+        read-only input folder, `image` names the model's input among them. Answers `wire.pack_files` bytes:
+        `{"ok": True, "inference"}` with the output files, or `{"ok": False, "error", "kind"}`."""
+        with self._lock:
             self._deadline = time.monotonic() + timeout if timeout else None
+            request = uuid.uuid4().hex
             try:
-                in_dir, out_dir = Path(tmp) / "in", Path(tmp) / "out"
-                out_dir.mkdir()
+                in_dir = self._host.in_dir / request
                 for name, data in files:
                     target = in_dir / _relative(name)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
+                    os.chmod(target, 0o644)
+                for folder in [in_dir, *in_dir.rglob("*")]:
+                    if folder.is_dir():
+                        os.chmod(folder, 0o755)
+                message = {
+                    "op": "infer",
+                    "image": str(in_dir / _relative(image)),
+                    "params": params,
+                    "out_dir": str(self._host.out_dir / request),
+                }
                 try:
-                    written = self._predictor.predict(str(in_dir / _relative(image)), params, out_dir)
-                except Exception as exc:  # noqa: BLE001  (the model's error goes back to the client)
-                    return {"ok": False, "kind": "model", "error": describe(exc)}
-                return {**self._outputs(written, out_dir), "inference": inference_report(self._predictor)}
+                    reply = self._host.call(message, timeout or LOAD_TIMEOUT_S)
+                except MedcloudError as exc:
+                    self._restart()
+                    return wire.pack_files({"ok": False, "kind": "host", "error": exc.message}, [])
+                if not reply.get("ok"):
+                    return wire.pack_files({"ok": False, "kind": "model", "error": reply.get("error")}, [])
+                try:
+                    outputs = self._host.open_outputs(request, reply["files"])
+                except MedcloudError as exc:
+                    return wire.pack_files({"ok": False, "kind": "output", "error": exc.message}, [])
+                try:
+                    read = [(name, handle.read()) for name, handle in outputs.files]
+                finally:
+                    outputs.close()  # and the request's folders go
+                return wire.pack_files({"ok": True, "inference": reply.get("inference")}, read)
             finally:
+                self._host._forget(request)
                 self._deadline = None
 
-    @staticmethod
-    def _outputs(written: list[Path], out_dir: Path) -> dict[str, Any]:
-        outputs = []
-        for path in written:
-            path = Path(path)
-            if not path.is_absolute() or not path.is_relative_to(out_dir):
-                return {"ok": False, "kind": "output", "error": "the model named an output outside its output folder"}
-            try:
-                outputs.append((path.relative_to(out_dir).as_posix(), read_regular(path, out_dir)))
-            except OSError as exc:
-                return {"ok": False, "kind": "output", "error": f"the model's output {path.name} cannot be read: {exc}"}
-        return {"ok": True, "files": outputs}
+    def _restart(self) -> None:
+        """A host that died or timed out is started again, with the weights swapped in last."""
+        try:
+            self._host.stop()
+            self._host.start(LOAD_TIMEOUT_S)
+            if self._weights:
+                weights, self._weights = self._weights, None
+                self.reconfigure({**self._config, "weights": weights})
+        except Exception as exc:  # noqa: BLE001  (the health check then fails and Serve replaces the replica)
+            log.error("Restarting the model host failed: %s", exc)
 
     def check_health(self) -> None:
-        """Serve's periodic health check: fails once a request has run far past its deadline (hung model)."""
+        """Serve's periodic health check: fails when the host is gone or a request ran far past its deadline."""
         deadline = self._deadline
         if deadline is not None and time.monotonic() > deadline + HUNG_GRACE_S:
             raise RuntimeError("a request has run far past its deadline; the replica is replaced")
+        if self._deadline is None and not self._host.alive:
+            raise RuntimeError("the model host is gone; the replica is replaced")
 
-    def info(self) -> dict[str, Any]:
-        """Who and where this replica is, what it serves, and which MEDCLOUD_* variables it sees (none)."""
+    def info(self) -> bytes:
+        """Who and where this replica is, what it serves, and which MEDCLOUD_* variables it sees (none), as JSON."""
         import ray
         from ray import serve
 
         context = ray.get_runtime_context()
-        return {
-            "pid": os.getpid(),
-            "node_id": context.get_node_id(),
-            "actor_id": context.get_actor_id(),
-            "replica_id": serve.get_replica_context().replica_id.unique_id,
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "spec": self.spec,
-            "threads": self.threads,
-            "config": self._config,
-            "weights": self._weights,
-            "swap_error": self._swap_error,
-            "medcloud_env": sorted(k for k in os.environ if k.startswith("MEDCLOUD")),
-        }
+        return json.dumps(
+            {
+                "pid": os.getpid(),
+                "host_pid": self._host.pid,
+                "node_id": context.get_node_id(),
+                "actor_id": context.get_actor_id(),
+                "replica_id": serve.get_replica_context().replica_id.unique_id,
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "spec": self.spec,
+                "threads": self.threads,
+                "config": self._config,
+                "weights": self._weights,
+                "swap_error": self._swap_error,
+                "sandbox": self._sandbox.describe(),
+                "medcloud_env": sorted(k for k in os.environ if k.startswith("MEDCLOUD")),
+            }
+        ).encode()
+
+    def __del__(self) -> None:
+        try:
+            self._host.stop()
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)

@@ -27,19 +27,29 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def publish(source: Path, root: Path) -> Path:
-    """`source` (a folder, or one regular file) copied to `root/<content digest>` (a file keeps its name
-    inside that folder); the copy's path. Content already published is not copied again."""
-    single = source.is_file() and not source.is_symlink()
-    base = source.parent if single else source
-    files = [source] if single else regular_files(source)
+def content_digest(base: Path, files: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in files:
         digest.update(f"{path.relative_to(base).as_posix()}\0{file_digest(path)}\n".encode())
-    folder = root / digest.hexdigest()[:32]
+    return digest.hexdigest()[:32]
+
+
+def publish(source: Path, root: Path) -> Path:
+    """`source` (a folder, or one regular file) copied to `root/<content digest>` (a file keeps its name
+    inside that folder); the copy's path. Content already published is not copied again, once its digest
+    is checked: a folder of that name holding anything else (planted, or half-written) is replaced."""
+    single = source.is_file() and not source.is_symlink()
+    base = source.parent if single else source
+    files = [source] if single else regular_files(source)
+    name = content_digest(base, files)
+    folder = root / name
     target = folder / source.name if single else folder
-    if folder.is_dir():
-        return target
+    if folder.is_dir() and not folder.is_symlink():
+        if _holds(folder, name, single):
+            return target
+        shutil.rmtree(folder, ignore_errors=True)
+    elif folder.is_symlink():
+        folder.unlink()
     staging = root / f".{folder.name}.{uuid.uuid4().hex}"
     try:
         staging.mkdir(parents=True)  # an empty bundle still gets its folder
@@ -55,6 +65,15 @@ def publish(source: Path, root: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _holds(folder: Path, digest: str, single: bool) -> bool:
+    """True when `folder` holds exactly the content its name is the digest of, and nothing else."""
+    found = regular_files(folder)
+    everything = [p for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()]
+    if len(everything) != len(found):
+        return False  # links or special files were added
+    return content_digest(folder, found) == digest
 
 
 def node_path(settings: Settings, path: Path, *, kind: str, key: str) -> Path:

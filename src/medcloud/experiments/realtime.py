@@ -20,6 +20,7 @@ from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import ExperimentCreate, InferenceSpecs
 from medcloud.families.registry import family_of
 from medcloud.inference.hosts import HostSpec
+from medcloud.inference.model_input import model_input
 
 log = logging.getLogger(__name__)
 URL_IMAGES = "url-images"  # cache namespace of images given as URLs
@@ -127,21 +128,3 @@ def resolve_image(ctx: Context, *, row: Experiment, specs: InferenceSpecs) -> st
             source.check_image(specs.image)
             files = dataset_actions.fetch_cached(ctx, dataset_id=ds.id, image_id=specs.image, source=source)
     return model_input(files, specs.image)
-
-
-def model_input(files: list[Path], image_id: str) -> str:
-    """What the model reads: a volume file if the source made one (DICOMweb: the series as NIfTI),
-    the single file, or the folder holding a multi-file image (a DICOM series in a manifest)."""
-    if not files:
-        raise Invalid(f"Error: image {image_id} has no files.")
-    volumes = [f for f in files if f.name.endswith((".nii.gz", ".nii", ".nrrd"))]
-    if volumes:
-        return str(volumes[0])
-    return str(files[0]) if len(files) == 1 else str(_common_parent(files))
-
-
-def _common_parent(files: list[Path]) -> Path:
-    parent = files[0].parent
-    while not all(f.is_relative_to(parent) for f in files):
-        parent = parent.parent
-    return parent

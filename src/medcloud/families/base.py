@@ -105,6 +105,6 @@ class ModelFamily:
 
     def train(self, spec: JobSpec, job_dir: Path) -> dict[str, Any]:
         """Run a train job in its model process; return the job's result."""
-        from medcloud.learning.train import run_bundle_train
+        from medcloud.modelrun.train import run_bundle_train
 
         return run_bundle_train(spec, job_dir)

@@ -2,7 +2,7 @@
 
 It is `ModelFamily` as it is: served by the bundle's own `configs/inference.json`
 (`inference/predictors.py` `BundlePredictor`), trained by its own `configs/train.json`
-(`learning/train.py`). `monai_segmentation` and `monai_classification` are the same family by name.
+(`modelrun/train.py`). `monai_segmentation` and `monai_classification` are the same family by name.
 """
 
 from __future__ import annotations

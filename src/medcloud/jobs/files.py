@@ -1,4 +1,10 @@
-"""The files a job process and the runner share: where they live and how they are written atomically."""
+"""The files a job process and the runner share: where they live and how they are written atomically.
+
+A job folder `jobs/<id>/` is the server's and its worker's: `ticket.json` (read and deleted by the worker),
+`logs.txt`, `outcome.json`, `inputs/` (read-only for model code), `results/` (copied by the worker from the
+model's). `model/` is the one folder model code writes (`progress.json`, `model-result.json`, `results/`):
+every read there starts at the job folder and walks down with O_NOFOLLOW (`confined.py`).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ LOG = "logs.txt"
 PROGRESS = "progress.json"
 OUTCOME = "outcome.json"
 RESULTS = "results"
+MODEL = "model"  # the model process's own, writable folder
+INPUTS = "inputs"
 
 
 def outcome_of(work: Callable[[], dict[str, Any]], log: logging.Logger) -> dict[str, Any]:
@@ -53,11 +61,21 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
-    """A small JSON object written by a job (maybe by model code: links and huge files are refused)."""
+def read_json(path: Path, max_bytes: int = 1 << 20, *, root: Path | None = None) -> dict[str, Any] | None:
+    """A small JSON object written by a job, or by model code below the trusted folder `root` (default: the
+    file's own folder): links anywhere below `root`, special and huge files are refused (None)."""
     try:
-        with open_regular(path, path.parent) as handle:
-            value = json.loads(handle.read(max_bytes + 1)[: max_bytes + 1])
+        with open_regular(path, root or path.parent, max_bytes=max_bytes) as handle:
+            value = json.loads(handle.read(max_bytes + 1))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def model_dir(job_dir: Path) -> Path:
+    return job_dir / MODEL
+
+
+def read_progress(job_dir: Path) -> dict[str, Any] | None:
+    """The model process's `progress.json`, read from the job folder down (never through a link)."""
+    return read_json(job_dir / MODEL / PROGRESS, root=job_dir)

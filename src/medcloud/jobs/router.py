@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from medcloud.api import openapi
 from medcloud.api.deps import CallerDep, CtxDep, checked_uuid
 from medcloud.api.streaming import chunks
-from medcloud.confined import open_regular
+from medcloud.confined import iter_regular, open_beneath, open_dir, open_regular
 from medcloud.context import Context
 from medcloud.errors import Invalid
 from medcloud.execution.base import Handle
@@ -81,16 +81,43 @@ def job_folder(ctx: Context, action: str, job_id: str) -> Path:
     return ctx.jobs.job_dir(job_id) if action in BACKEND_ACTIONS else files.job_dir(ctx.settings.data_dir, job_id)
 
 
+def _result_names(directory: Path) -> list[str]:
+    try:
+        root_fd = open_dir(directory / files.RESULTS)
+    except OSError:
+        return []
+    try:
+        return [name.as_posix() for name in iter_regular(root_fd)]
+    finally:
+        os.close(root_fd)
+
+
+def _add_regular(tar: tarfile.TarFile, directory: Path, relative: str, arcname: str) -> None:
+    """One regular file into the archive, opened through fds below the job folder (links, FIFOs and devices
+    are left out: the archive holds regular files only)."""
+    root_fd = open_dir(directory)
+    try:
+        handle = open_beneath(root_fd, relative)
+    except OSError:
+        return
+    finally:
+        os.close(root_fd)
+    with handle:
+        info = tar.gettarinfo(fileobj=handle, arcname=arcname)
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode = 0o644
+        tar.addfile(info, handle)
+
+
 def _pack(directory: Path, job_id: str, data_dir: Path) -> IO[bytes]:
     """The job's results and log as a .tar.gz in an unnamed temporary file (rewound): on disk, not in memory."""
     # In the data dir: private, and on the disk of the results. Closed by the response stream.
     out = tempfile.TemporaryFile(dir=data_dir)  # noqa: SIM115
     try:
         with tarfile.open(fileobj=out, mode="w:gz") as tar:
-            for name in (files.RESULTS, files.LOG):
-                path = directory / name
-                if os.path.lexists(path):
-                    tar.add(path, arcname=f"{job_id}/{name}")  # links are stored as links, never followed
+            for relative in [files.LOG, *(f"{files.RESULTS}/{name}" for name in _result_names(directory))]:
+                _add_regular(tar, directory, relative, f"{job_id}/{relative}")
         out.seek(0)
         return out
     except BaseException:

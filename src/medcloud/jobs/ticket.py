@@ -3,7 +3,7 @@
 The scheduler (API side, trusted, with the database and the master key) writes one `JobTicket` per
 job: the experiment's bundle location, the datasets to read with only their own credentials, the
 workspace to upload to with its credentials, and the settings a worker needs. The worker
-(`jobs/worker.py`) runs from the ticket alone, on this machine or on any Ray node: it never opens the
+(`worker/run.py`) runs from the ticket alone, on this machine or on any Ray node: it never opens the
 server's database, master key or data folder. The ticket file is private to the worker's user (0600);
 the model code the worker runs gets none of it (`jobs/spec.py`, `sandbox.py`).
 """

@@ -27,9 +27,17 @@ from medcloud.workspaces.orm import Workspace
 # The settings a worker runs with: how model code is sandboxed and what client URLs may reach.
 WORKER_SETTINGS = (
     "model_sandbox",
-    "sandbox_group",
     "sandbox_uid_base",
     "sandbox_env_passthrough",
+    "sandbox_memory_bytes",
+    "sandbox_max_processes",
+    "sandbox_cpu_seconds",
+    "sandbox_cpus",
+    "sandbox_file_bytes",
+    "sandbox_max_open_files",
+    "sandbox_tmp_bytes",
+    "sandbox_job_wall_s",
+    "sandbox_readable_paths",
     "host_python",
     "allow_expression_overrides",
     "egress_allow_private",

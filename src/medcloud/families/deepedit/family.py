@@ -111,7 +111,7 @@ class DeepEditFamily(ModelFamily):
         )
 
     def train(self, spec: JobSpec, job_dir: Path) -> dict[str, Any]:
-        from medcloud.learning.train import run_bundle_train
+        from medcloud.modelrun.train import run_bundle_train
 
         # DeepEdit learns from where the experiment is now (the base's weights, or the last round's).
         spec.specs.setdefault("finetune", True)

@@ -24,8 +24,8 @@ from medcloud.families.vista3d.patches import sample_clicks, training_batch
 from medcloud.families.vista3d.predictor import Vista3dPredictor
 from medcloud.families.vista3d.transforms import preprocessing
 from medcloud.jobs.spec import JobSpec
-from medcloud.learning.progress import ProgressReporter
-from medcloud.learning.tracking import Tracker
+from medcloud.modelrun.progress import ProgressReporter
+from medcloud.modelrun.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

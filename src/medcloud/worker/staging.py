@@ -2,8 +2,8 @@
 
 Runs in the worker, from the ticket alone (no database): it reads the datasets the ticket names with
 their own credentials, fetches images through the worker's image cache, links them into
-`<job>/inputs/` (so the cache may evict its copies mid-run without harm, finding 14), and hands the
-folder to the experiment's sandbox identity.
+`<job>/inputs/` (so the cache may evict its copies mid-run without harm, finding 14), which model code
+sees read-only.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any
 from medcloud.config import Settings
 from medcloud.datasets import actions as dataset_actions
 from medcloud.errors import Invalid
+from medcloud.jobs import files
 from medcloud.jobs.spec import JobSpec
 from medcloud.jobs.ticket import JobTicket
-from medcloud.learning.datalist import open_input, train_and_validation
+from medcloud.worker.datalist import open_input, train_and_validation
 from medcloud.sandbox import Sandbox, sandbox_for
 from medcloud.sources.cache import ImageCache
 
@@ -62,12 +63,12 @@ class Stager:
 
     def __init__(self, ctx: WorkerContext, experiment_id: str, job_dir: Path) -> None:
         self.ctx, self.experiment_id = ctx, experiment_id
-        self.inputs = job_dir / "inputs"
+        self.inputs = job_dir / files.INPUTS
 
     def link(self, path: str | Path, *parts: str) -> str:
         source = Path(path)
         target = self.inputs.joinpath(*parts) / source.name
-        return str(self.ctx.sandbox.stage(source, target, experiment_id=self.experiment_id))
+        return str(self.ctx.sandbox.stage(source, target))
 
     def items(self, items: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
         out = []
@@ -104,10 +105,10 @@ def _batch_images(ctx: WorkerContext, ticket: JobTicket, stager: Stager) -> tupl
 
 
 def stage_job(ctx: WorkerContext, ticket: JobTicket, job_dir: Path) -> JobSpec:
-    """Fetch and link the job's inputs and describe them; the job folder then belongs to the sandbox."""
+    """Fetch and link the job's inputs and describe them (model code sees them read-only)."""
     started = time.perf_counter()
-    # The bundle belongs to the experiment's identity (on Ray: the copy published in the shared folder).
-    ctx.sandbox.prepare(Path(ticket.bundle_dir), experiment_id=ticket.experiment_id)
+    # Model code reads the bundle, read-only (on Ray: the copy published in the shared folder).
+    ctx.sandbox.make_readable(Path(ticket.bundle_dir))
     stager = Stager(ctx, ticket.experiment_id, job_dir)
     spec = JobSpec(
         job_id=ticket.job_id,

@@ -1,7 +1,7 @@
 """The `batchinfer` job: the experiment's model (or a train job's) over every image of its inference dataset.
 
 Runs in the job's model process: the images were fetched and linked into the job folder by the trusted
-worker (`learning/staging.py`); images it could not fetch arrive as `spec.failed`.
+worker (`worker/staging.py`); images it could not fetch arrive as `spec.failed`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any
 
 from medcloud.bundles.overrides import check_params, expressions_allowed
 from medcloud.errors import Invalid
-from medcloud.experiments.realtime import model_input
+from medcloud.inference.model_input import model_input
 from medcloud.families.registry import family_of
 from medcloud.inference.host import build_predictor, inference_report
 from medcloud.inference.nrrd_writer import nrrd_to_nifti
 from medcloud.jobs import files
 from medcloud.jobs.spec import JobSpec
-from medcloud.learning.progress import ProgressReporter
+from medcloud.modelrun.progress import ProgressReporter
 from medcloud.paths import child_path
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from monai.bundle import ConfigWorkflow
 
 from medcloud.bundles.overrides import check_train_specs, expressions_allowed
 from medcloud.jobs.spec import JobSpec
-from medcloud.learning.progress import ProgressReporter
+from medcloud.modelrun.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 SERVER_KEYS = frozenset(

@@ -26,7 +26,7 @@ def upload_results(settings: Settings, *, job_id: str, target: ResultsTarget | N
     `az://container/...`, `gs://bucket/...`), or None without a workspace."""
     results = job_dir / files.RESULTS
     results.mkdir(parents=True, exist_ok=True)
-    # The model process owned these folders: copy and upload regular files only, never through a link.
+    # `results/` is the worker's copy of the model's (worker/run.py); still, regular files only, never a link.
     if (job_dir / files.LOG).exists():
         copy_regular(job_dir / files.LOG, job_dir, results / files.LOG)
     if target is None:
