@@ -22,14 +22,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# Model code runs as its own unprivileged uid in this group when the server runs as root (docs/security.md).
-if [ "$(id -u)" -eq 0 ]; then
-  getent group medcloud-model >/dev/null 2>&1 || groupadd --system medcloud-model
-  if ! command -v setfacl >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq acl >/dev/null
-  fi
-  # The group may pass through (not list) the folders above Python and the checkout, e.g. /root.
-  .venv/bin/python -m medcloud.sandbox "$(.venv/bin/python -c 'import sys; print(sys.base_prefix)')" "$PWD/src"
+# Model code runs in a bubblewrap sandbox (docs/security.md): Debian's `bubblewrap`; `prlimit` and `setpriv`
+# come with util-linux.
+if ! command -v bwrap >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bubblewrap >/dev/null
 fi
 
 if [ "$want_test" = 1 ]; then

@@ -60,6 +60,9 @@ attempt("write_bundle", lambda: (bundle / "planted.py").write_text("x = 1"))
 attempt("tcp_api", lambda: connect("127.0.0.1", cfg["api_port"]))
 attempt("tcp_postgres", lambda: connect("127.0.0.1", cfg["postgres_port"]))
 attempt("tcp_metadata", lambda: connect("169.254.169.254", 80))
+for name, port in cfg.get("extra_tcp", {}).items():  # e.g. Ray's GCS and dashboard (Jobs API)
+    attempt(f"tcp_{name}", lambda: connect("127.0.0.1", port))
+attempt("list_shared", lambda: ",".join(os.listdir(cfg["shared_dir"])) if cfg.get("shared_dir") else "no shared folder")
 # Links where the server touched names in our folder (the old layout) and where it reads what we write.
 for name in ("host.log", "host-spec.json", "requests", "weights", "logs.txt", "progress.json"):
     target = data / f"planted-{name}"

@@ -44,7 +44,7 @@ def _alive(pid: int | None) -> bool:
 def _in_flight(api, exp_id: str, image_id: str) -> tuple[threading.Thread, dict]:
     """Start an inference in a thread; return once the host holds it (its request folder exists)."""
     answer: dict = {}
-    requests = api.ctx.settings.data_dir / "hosts" / exp_id / "requests"
+    requests = api.ctx.settings.data_dir / "hosts" / exp_id / "in"  # each request's input is staged here
 
     def call() -> None:
         answer["resp"] = api.post(

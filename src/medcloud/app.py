@@ -121,7 +121,7 @@ def create_app(
 
     @app.get("/api/v1/health/liveness")
     def liveness() -> dict:
-        return {"status": "ok", "model_sandbox": ctx.sandbox.describe()["mode"]}
+        return {"status": "ok"}
 
     @app.get("/api/v1/health/readiness")
     def readiness() -> dict:

@@ -145,9 +145,12 @@ def regular_files(root: Path) -> list[Path]:
 
 def copy_tree(root: Path, target: Path, *, max_bytes: int | None = None) -> list[PurePosixPath]:
     """Copy every regular file below the trusted folder `root` into `target` (the caller's), through fds
-    only; the relative names copied."""
-    copied = []
-    root_fd = open_dir(root)
+    only; the relative names copied (none when `root` is absent or a link)."""
+    copied: list[PurePosixPath] = []
+    try:
+        root_fd = open_dir(root)
+    except OSError:
+        return copied
     try:
         for relative in list(iter_regular(root_fd)):
             try:

@@ -11,9 +11,6 @@ log = logging.getLogger(__name__)
 
 # The DB, the master key, cached patient images and bundles live below: only the server's user enters.
 DATA_DIR_MODE = 0o700
-# ... and, where model code runs sandboxed, its group may pass through to its own folders (sandbox.py).
-# Leave that bit alone: a job worker or a CLI command resolving the settings must not lock out running models.
-SANDBOX_TRAVERSE = 0o010
 
 
 def secure_data_dir(path: Path) -> Path:
@@ -24,7 +21,7 @@ def secure_data_dir(path: Path) -> Path:
     """
     path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)  # mode is masked by the umask: chmod below
     current = stat.S_IMODE(path.stat().st_mode)
-    wanted = DATA_DIR_MODE | (current & SANDBOX_TRAVERSE)
+    wanted = DATA_DIR_MODE  # model code sees only what its sandbox binds in (sandbox.py), never this folder
     if current != wanted:
         try:
             os.chmod(path, wanted)

@@ -439,7 +439,7 @@ class Sandbox:
         nproc = _at_most(resource.RLIMIT_NPROC, s.sandbox_max_processes)
         nofile = _at_most(resource.RLIMIT_NOFILE, s.sandbox_max_open_files)
         limits = ["prlimit", f"--nproc={nproc}", "--core=0", f"--nofile={nofile}"]
-        if s.sandbox_memory_bytes:
+        if s.sandbox_memory_bytes and not glob.glob("/dev/nvidia*"):  # CUDA maps far more address space than it uses
             limits.append(f"--as={s.sandbox_memory_bytes}")
         if s.sandbox_cpu_seconds:
             limits.append(f"--cpu={s.sandbox_cpu_seconds}")

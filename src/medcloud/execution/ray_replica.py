@@ -184,6 +184,7 @@ class ModelReplica:
             {
                 "pid": os.getpid(),
                 "host_pid": self._host.pid,
+                "host_folder": str(self._host.work_dir),
                 "node_id": context.get_node_id(),
                 "actor_id": context.get_actor_id(),
                 "replica_id": serve.get_replica_context().replica_id.unique_id,
