@@ -77,7 +77,6 @@ def job_process_start(box: Sandbox, bundle: Path) -> float:
         writable=model,
     )
     subprocess.run(launch.argv, check=True, **launch.popen_kwargs())
-    launch.close()
     return time.perf_counter() - started
 
 

@@ -80,6 +80,11 @@ def replica_info(experiment_id: str) -> dict[str, Any]:
     return json.loads(serve.get_app_handle(app_name(experiment_id)).info.remote().result(timeout_s=120))
 
 
+def parent_of(pid: int) -> int:
+    """The parent of a process (a model host's: its replica)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def running_replicas(experiment_id: str) -> int:
     app = serve.status().applications.get(app_name(experiment_id))
     return 0 if app is None else sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
@@ -98,7 +103,8 @@ def segmentation(resp, shape: tuple[int, ...]) -> np.ndarray:  # type: ignore[no
 
 
 class Held:
-    """A request held on whichever replica takes it, until `release()`; `replica` is (pid, GPU) once it runs."""
+    """A request held on whichever replica takes it, until `release()`; `pid` is its model host's (the
+    replica's `host_pid`) and `gpu` the replica's GPU, once it runs."""
 
     def __init__(self, api, experiment_id: str, image_id: str, folder: Path) -> None:  # type: ignore[no-untyped-def]
         folder.mkdir(parents=True, exist_ok=True)
@@ -224,6 +230,32 @@ def test_ray_replica_matches_the_local_host_and_an_api_restart_reattaches(
         assert untimed(multipart_parts(again)["ct_000_seg.nrrd"]) == untimed(ray_bytes)
         after = replica_info(eid)
         assert (after["pid"], after["actor_id"]) == (before["pid"], before["actor_id"])  # reattached, not reloaded
+        assert api.delete(f"experiments/{eid}").status_code == 200
+        assert app_name(eid) not in serve.status().applications
+        assert not (ray_cluster.shared_dir / "bundles" / eid).exists()
+
+
+def test_two_replicas_share_a_gpu_hot_swap_reaches_every_replica_and_a_crash_is_a_503(
+    ray_cluster,
+    dataset,
+    demo_zips,
+    demo_bundles,
+    tmp_path,
+):
+    from medcloud.experiments import realtime
+    from medcloud.experiments.orm import Experiment
+
+    entry = manifest_entries(dataset)[0]
+    image_id = entry["image"]["id"]
+    truth = nifti_array(dataset / entry["label"]["path"][0])
+    # The held requests' expressions signal through files of this test's folder, which sandboxed model code
+    # cannot see: this test is about Serve's routing and hot swap, so its model code runs unsandboxed.
+    with make_api(tmp_path / "data", **ray_settings(ray_cluster, ray_max_replicas=2, model_sandbox="unsafe")) as api:
+        dataset_id = create_dataset(api, dataset)
+        exp = create_experiment(api, dataset_id, demo_zips["segmentation"], model_params={"replicas": 2})
+        eid = exp["id"]
+        assert running_replicas(eid) == 2
+
         assert api.delete(f"experiments/{eid}").status_code == 200
         assert app_name(eid) not in serve.status().applications
         assert not (ray_cluster.shared_dir / "bundles" / eid).exists()

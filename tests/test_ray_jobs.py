@@ -21,7 +21,6 @@ from conftest import Api, make_api
 from helpers import wait_for
 from ray_cluster import RayCluster
 from test_jobs import job, seg_experiment, start, wait_status
-from test_sandbox import ROOT_WITH_GROUP
 
 pytest.importorskip("ray", reason="Ray is the optional `ray` extra (pip install medcloud[ray])")
 
@@ -311,7 +310,6 @@ def test_a_killed_worker_on_ray_is_an_error(ray_api: Api, local_dataset: Path, d
     )
 
 
-@pytest.mark.skipif(not ROOT_WITH_GROUP, reason="the uid sandbox needs a root server (and the set-up's group)")
 def test_a_sandboxed_train_job_on_ray_reads_its_published_bundle(
     tmp_path: Path, cluster: RayCluster, local_dataset: Path, demo_zips: dict[str, Path]
 ) -> None:

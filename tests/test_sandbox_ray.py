@@ -53,10 +53,19 @@ def test_a_replica_runs_the_model_in_the_sandbox_not_in_itself(ray_attack):
     assert report["uid"] >= 2_100_000_000 and report["env"] == []
 
 
+def _sees_only_shared_mount_points(report: dict) -> None:
+    """The shared folder inside the sandbox holds only the empty folders bwrap made to mount the model's own
+    bundle (or job folders) on: no ticket, no other experiment."""
+    listing = report["list_shared"]
+    if listing.startswith("ok:"):
+        assert set(listing[3:].split(",")) <= {"bundles", "jobs", "experiments"}, listing
+
+
 def test_model_code_on_ray_reads_no_shared_folder_no_other_bundle_and_no_server_file(ray_attack):
     _s, _exp, report, _answer, _info = ray_attack
-    _refused(report, "list_shared", "other_experiment", "secret_key", "database", "list_cache")
+    _refused(report, "other_experiment", "secret_key", "database", "list_cache")
     _sees_only_mount_points(report)
+    _sees_only_shared_mount_points(report)
 
 
 def test_model_code_on_ray_reaches_neither_the_cluster_nor_the_api(ray_attack):
@@ -90,6 +99,7 @@ def test_a_ray_train_job_cannot_read_its_ticket_and_has_no_network(ray_attack, d
     job_id = s.train(exp_id)
     job_dir = ray_cluster.shared_dir / "jobs" / job_id
     report = json.loads((job_dir / "model" / "probe.json").read_text())
-    _refused(report, "ticket", "list_shared", "tcp_gcs", "tcp_jobs_api", "tcp_metadata", "secret_key")
+    _refused(report, "ticket", "tcp_gcs", "tcp_jobs_api", "tcp_metadata", "secret_key")
+    _sees_only_shared_mount_points(report)
     assert not (job_dir / "ticket.json").exists()
     assert s.nothing_connected()

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ ETC_FILES = (
     "/etc/group",
     "/etc/hosts",
     "/etc/mime.types",
+    "/etc/fonts",
     "/etc/ssl/certs",
     "/etc/ca-certificates",
 )
@@ -110,18 +111,9 @@ class Launch:
     env: dict[str, str]
     cwd: str
     pass_fds: tuple[int, ...] = ()
-    own_fds: list[int] = field(default_factory=list)  # opened for this launch: closed once it started
 
     def popen_kwargs(self) -> dict[str, Any]:
         return {"env": self.env, "cwd": self.cwd, "pass_fds": self.pass_fds, "close_fds": True}
-
-    def close(self) -> None:
-        for fd in self.own_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.own_fds.clear()
 
 
 class Sandbox:
@@ -132,7 +124,7 @@ class Sandbox:
         >>> out = box.fresh_folder(settings.data_dir / "hosts" / exp_id / "out", experiment_id=exp_id)
         >>> launch = box.launch(["-m", "medcloud.inference.host", "--fd", "3"], experiment_id=exp_id,
         ...                     readable=[bundle_dir, in_dir], writable=out, keep_fds=[3])
-        >>> proc = subprocess.Popen(launch.argv, **launch.popen_kwargs()); launch.close()
+        >>> proc = subprocess.Popen(launch.argv, **launch.popen_kwargs())
     """
 
     def __init__(self, settings: Settings, *, fixed_uid: int | None = None) -> None:
@@ -193,9 +185,8 @@ class Sandbox:
         if self.bwrap is None:
             return "the `bwrap` command is not installed"
         try:
-            launch = self._build([], experiment_id=None, readable=[], writable=None, command=["/bin/true"])
+            launch = self.launch([], experiment_id=None, readable=[], writable=None, command=["/bin/true"])
             proc = subprocess.run(launch.argv, capture_output=True, timeout=60, **launch.popen_kwargs())
-            launch.close()
         except (OSError, subprocess.SubprocessError) as exc:
             return f"bwrap could not start ({exc})"
         if proc.returncode != 0:
@@ -322,31 +313,13 @@ class Sandbox:
         writable: Path | None,
         keep_fds: Sequence[int] = (),
         extra_env: dict[str, str] | None = None,
-    ) -> Launch:
-        """The command line of a model process: `python <python_args>` in the sandbox, seeing `readable`
-        read-only and `writable` (made by `fresh_folder`) as its only writable folder, both at their own
-        paths. `keep_fds` are inherited (the host's socket). Unavailable where model code is refused."""
-        self.require()
-        return self._build(
-            python_args,
-            experiment_id=experiment_id,
-            readable=readable,
-            writable=writable,
-            keep_fds=keep_fds,
-            extra_env=extra_env,
-        )
-
-    def _build(
-        self,
-        python_args: Sequence[str],
-        *,
-        experiment_id: str | None,
-        readable: Sequence[Path],
-        writable: Path | None,
-        keep_fds: Sequence[int] = (),
-        extra_env: dict[str, str] | None = None,
         command: Sequence[str] | None = None,
     ) -> Launch:
+        """The command line of a model process: `python <python_args>` (or `command`, for the probe) in the
+        sandbox, seeing `readable` read-only and `writable` (made by `fresh_folder`) as its only writable
+        folder, both at their own paths. `keep_fds` are inherited (the host's socket). Unavailable where
+        model code is refused."""
+        self.require()
         argv = list(command) if command is not None else [self.python, *python_args]
         cwd = str(writable) if writable is not None else "/"
         if self.mode == "unsafe":

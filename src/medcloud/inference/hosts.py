@@ -124,7 +124,6 @@ class ModelHost:
         finally:
             os.close(log_fd)
             theirs.close()
-            launch.close()
         self._sock = ours
         try:
             wire.send(ours, {"op": "load", "spec": asdict(self.spec)})

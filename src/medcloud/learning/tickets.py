@@ -45,6 +45,8 @@ WORKER_SETTINGS = (
     "egress_max_bytes",
     "egress_deadline_s",
     "dataset_allow_local_paths",
+    "max_voxels",
+    "wado_max_bytes",
     "aws_endpoint_url",
     "azure_blob_endpoint",
     "gcs_endpoint",

@@ -12,13 +12,16 @@ from medcloud.datasets import actions as dataset_actions
 from medcloud.datasets import service as datasets
 from medcloud.errors import Invalid
 from medcloud.jobs.ticket import DatasetInput
+from medcloud.config import Settings
 from medcloud.sources.base import DataSource
+from medcloud.sources.limits import SourceLimits
 from medcloud.sources.objectstore import ObjectStoreSource
 
 
-def open_input(dataset: DatasetInput) -> DataSource:
-    """Connect to the dataset the ticket names (blocking)."""
+def open_input(dataset: DatasetInput, settings: Settings | None = None) -> DataSource:
+    """Connect to the dataset the ticket names (blocking), with the caps of `settings` (voxels, WADO bytes)."""
     _kind, source = datasets.open_source(
+        limits=SourceLimits.from_settings(settings) if settings is not None else None,
         client_url=dataset.client_url,
         client_id=dataset.client_id,
         client_secret=dataset.client_secret,
@@ -44,7 +47,7 @@ def _objectstore_items(ctx: Any, dataset: DatasetInput, source: ObjectStoreSourc
 
 def labeled_items(ctx: Any, dataset: DatasetInput, labels: dict[str, str]) -> list[dict[str, Any]]:
     """Fetch (through the cache) each labeled image and its label; labels become volumes on the image grid."""
-    source = open_input(dataset)
+    source = open_input(dataset, getattr(ctx, "settings", None))
     if isinstance(source, ObjectStoreSource):
         return _objectstore_items(ctx, dataset, source)
     from medcloud.learning.dicom_labels import dicomweb_items

@@ -48,7 +48,6 @@ def run_model_process(ctx: Any, spec: JobSpec, *, job_dir: Path) -> dict[str, An
     with subprocess.Popen(
         launch.argv, stdin=subprocess.PIPE, stdout=sys.stdout.fileno(), stderr=subprocess.STDOUT, **launch.popen_kwargs()
     ) as proc:
-        launch.close()
         assert proc.stdin is not None
         try:
             proc.stdin.write(json.dumps(asdict(spec)).encode())

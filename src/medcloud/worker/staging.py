@@ -87,7 +87,7 @@ class Stager:
 def _batch_images(ctx: WorkerContext, ticket: JobTicket, stager: Stager) -> tuple[list[dict], dict[str, str]]:
     assert ticket.inference is not None
     dataset_id = ticket.inference.dataset_id
-    source = open_input(ticket.inference)
+    source = open_input(ticket.inference, ctx.settings)
     images, failed = [], {}
     for image_id in source.image_ids():
         name = folder_name(image_id)
