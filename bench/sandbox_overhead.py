@@ -88,7 +88,7 @@ def main() -> None:
     bundle = ensure_demo_bundles(REPO / ".medcloud" / "test-cache")["segmentation"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        image = sorted((write_demo_dataset(work / "dataset").parent).glob("ct_*.nii.gz"))[0]
+        image = sorted((write_demo_dataset(work / "dataset").parent / "imagesTr").glob("*.nii.gz"))[0]
         boxes = sandboxes(work)
         starts: dict[str, list[float]] = {m: [] for m in MODES}
         jobs: dict[str, list[float]] = {m: [] for m in MODES}
