@@ -419,3 +419,97 @@ def test_staged_inputs_survive_cache_eviction(tmp_path, local_dataset, demo_zips
             assert Path(path).read_bytes() == content
         for item in spec.train_items:
             assert Path(item["label"]).exists()
+
+
+NON_ROOT_PROBE = """
+import json, os, socket, subprocess, sys
+from pathlib import Path
+from medcloud.config import Settings
+from medcloud.sandbox import Sandbox
+
+root, port = Path(sys.argv[1]), int(sys.argv[2])
+box = Sandbox(Settings(data_dir=root / "data").resolved())
+(root / "data" / "secret.key").write_text("k" * 40)
+out = box.fresh_folder(root / "data" / "hosts" / "e" / "out", experiment_id="e")
+code = (
+    "import os, socket, json\\n"
+    "s = socket.socket(); s.settimeout(2)\\n"
+    "print(json.dumps({'uid': os.getuid(), 'tcp': s.connect_ex(('127.0.0.1', %d)),"
+    " 'key': os.path.exists(%r), 'data': sorted(os.listdir(%r))}))\\n"
+    "open('written', 'w').write('x')\\n"
+) % (port, str(root / "data" / "secret.key"), str(root / "data"))
+launch = box.launch(["-c", code], experiment_id="e", readable=[], writable=out)
+proc = subprocess.run(launch.argv, capture_output=True, text=True, timeout=120, **launch.popen_kwargs())
+print(json.dumps({"mode": box.mode, "rc": proc.returncode, "out": proc.stdout, "err": proc.stderr[-2000:],
+                  "written": (out / "written").read_text() if (out / "written").exists() else None}))
+"""
+
+
+def test_a_server_that_is_not_root_sandboxes_model_code_in_a_user_namespace():
+    """As an ordinary user, bubblewrap makes a user namespace: the same view, no network, uid 65534 inside."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    drop = "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all"
+    if os.system(f"{drop} test -x {os.path.realpath(sys.executable)} 2>/dev/null"):
+        pytest.skip("this machine's Python is not reachable by an ordinary user (e.g. a pyenv under /root)")
+    folder = Path(tempfile.mkdtemp(prefix="medcloud-nonroot-"))
+    os.chown(folder, 65534, 65534)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        proc = subprocess.run(
+            [*drop.split(), sys.executable, "-c", NON_ROOT_PROBE, str(folder), str(listener.getsockname()[1])],
+            capture_output=True, text=True, timeout=300, env={"PATH": os.environ["PATH"], "HOME": str(folder)},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["mode"] == "bwrap" and result["rc"] == 0, result
+        inside = json.loads(result["out"].strip().splitlines()[-1])
+        assert inside["uid"] == 65534 and inside["tcp"] != 0 and inside["key"] is False
+        assert set(inside["data"]) <= {"hosts"}, inside
+        assert result["written"] == "x"
+        assert not select.select([listener], [], [], 0)[0]
+    finally:
+        listener.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_user_namespace_variant_isolates_the_same_way(tmp_path):
+    """The command line a non-root server builds (a user namespace, uid 65534 inside), run here: the same view
+    of the data dir, no network, one writable folder."""
+    import subprocess
+
+    from medcloud.config import Settings
+    from medcloud.sandbox import Sandbox
+
+    box = Sandbox(Settings(data_dir=tmp_path / "data").resolved())
+    box.root = False  # as a server that is not root builds it
+    (tmp_path / "data" / "secret.key").write_text("k" * 40)
+    out = box.fresh_folder(tmp_path / "data" / "hosts" / "e" / "out", experiment_id="e")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    code = (
+        "import os, socket, json\n"
+        "s = socket.socket(); s.settimeout(2)\n"
+        f"print(json.dumps({{'uid': os.getuid(), 'tcp': s.connect_ex(('127.0.0.1', {listener.getsockname()[1]})),"
+        f" 'key': os.path.exists({str(tmp_path / 'data' / 'secret.key')!r}),"
+        f" 'data': sorted(os.listdir({str(tmp_path / 'data')!r}))}}))\n"
+        "open('written', 'w').write('x')\n"
+    )
+    launch = box.launch(["-c", code], experiment_id="e", readable=[], writable=out)
+    assert "--unshare-user" in launch.argv and "setpriv" not in launch.argv
+    try:
+        proc = subprocess.run(launch.argv, capture_output=True, text=True, timeout=120, **launch.popen_kwargs())
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        inside = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert inside["uid"] == 65534 and inside["tcp"] != 0 and inside["key"] is False
+        assert set(inside["data"]) <= {"hosts"}, inside
+        assert (out / "written").read_text() == "x"
+        assert not select.select([listener], [], [], 0)[0]
+    finally:
+        listener.close()
