@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +53,9 @@ def warm_requests(box: Sandbox, host: ModelHost, image: Path, runs: int) -> list
         request = uuid.uuid4().hex
         staged = box.stage(image, host.in_dir / request / image.name)
         started = time.perf_counter()
-        reply = host.call({"op": "infer", "image": str(staged), "params": {}, "out_dir": str(host.out_dir / request)}, 600)
+        reply = host.call(
+            {"op": "infer", "image": str(staged), "params": {}, "out_dir": str(host.out_dir / request)}, 600
+        )
         outputs = host.open_outputs(request, reply["files"])
         for _name, handle in outputs.files:
             handle.read()
@@ -103,7 +104,11 @@ def main() -> None:
                 jobs[mode].append(job_process_start(boxes[mode], bundle))
     print(f"{'':32} {'sandbox (bwrap)':>16} {'none (unsafe)':>16} {'ratio':>7}")
     ratios = {}
-    for name, values in (("model host start (p50)", starts), ("warm request (p50)", warm), ("job model process start (p50)", jobs)):
+    for name, values in (
+        ("model host start (p50)", starts),
+        ("warm request (p50)", warm),
+        ("job model process start (p50)", jobs),
+    ):
         sandboxed, bare = statistics.median(values["auto"]), statistics.median(values["unsafe"])
         ratios[name] = sandboxed / bare
         print(f"{name:32} {sandboxed * 1000:13.1f} ms {bare * 1000:13.1f} ms {ratios[name]:7.3f}")

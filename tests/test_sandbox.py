@@ -30,7 +30,9 @@ from test_realtime_inference import create_dataset, create_experiment, manifest_
 
 from medcloud.demo.bundles import pack_bundle
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the hostile-bundle suite runs the server as root, as deployed")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the hostile-bundle suite runs the server as root, as deployed"
+)
 SECRET = "s" * 40
 
 
@@ -86,8 +88,9 @@ class Scene:
         assert resp.status_code == 201, resp.text
         job_id = resp.json()
         wait_for(
-            lambda: self.api.get(f"experiments/{exp_id}/jobs/{job_id}", user="bob").json()["status"]
-            in ("Done", "Error"),
+            lambda: (
+                self.api.get(f"experiments/{exp_id}/jobs/{job_id}", user="bob").json()["status"] in ("Done", "Error")
+            ),
             timeout=300,
             what="the train job to end",
         )
@@ -230,7 +233,9 @@ def test_error_messages_name_no_server_path(host_attack):
 
 
 @pytest.mark.parametrize("mode", ["pickle", "oversized", "malformed"])
-def test_a_host_that_sends_no_json_frame_is_stopped_and_nothing_it_sent_runs(tmp_path, local_dataset, demo_bundles, mode):
+def test_a_host_that_sends_no_json_frame_is_stopped_and_nothing_it_sent_runs(
+    tmp_path, local_dataset, demo_bundles, mode
+):
     with scene(tmp_path, local_dataset, demo_bundles) as s:
         config = s.config(mode)
         for _ in range(2):  # the host's first frame answers the load check at creation: refused each time
@@ -389,8 +394,8 @@ def test_health_says_which_sandbox_runs(api):
 def test_staged_inputs_survive_cache_eviction(tmp_path, local_dataset, demo_zips):
     """Finding 14: a job's inputs are links in its own folder, so the cache may evict its copies mid-run."""
     from medcloud.jobs.orm import Job
-    from medcloud.worker.staging import WorkerContext, stage_job
     from medcloud.learning.tickets import build_ticket
+    from medcloud.worker.staging import WorkerContext, stage_job
 
     with make_api(tmp_path / "data", bundle_allow_local_paths=True) as api:
         dataset_id = create_dataset(api, local_dataset)
@@ -463,7 +468,10 @@ def test_a_server_that_is_not_root_sandboxes_model_code_in_a_user_namespace():
     try:
         proc = subprocess.run(
             [*drop.split(), sys.executable, "-c", NON_ROOT_PROBE, str(folder), str(listener.getsockname()[1])],
-            capture_output=True, text=True, timeout=300, env={"PATH": os.environ["PATH"], "HOME": str(folder)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={"PATH": os.environ["PATH"], "HOME": str(folder)},
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -240,8 +240,8 @@ def test_label_of_a_labeled_image_and_404_without_one(vapi, dataset_root, datase
 
 def test_saving_a_label_adds_then_updates_it(vapi, dataset_root, dataset_id, experiment):
     from medcloud.datasets import service
-    from medcloud.worker.datalist import labeled_items
     from medcloud.learning.tickets import dataset_input
+    from medcloud.worker.datalist import labeled_items
 
     before = manifest(dataset_root)
     affine = nib.load(str(dataset_root / "imagesTr/big_ct.nii.gz")).affine

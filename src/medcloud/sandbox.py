@@ -353,7 +353,14 @@ class Sandbox:
         return Launch(argv=wrapped, env=self.env(extra_env), cwd="/", pass_fds=tuple(keep_fds))
 
     def _namespaces(self, who: Identity) -> list[str]:
-        common = ["--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+        common = [
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+        ]
         common += ["--unshare-cgroup-try", "--hostname", "medcloud-model"]
         if who.uid is not None:
             return common  # root: namespaces without a user namespace; setpriv drops to the experiment's uid

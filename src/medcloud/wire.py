@@ -84,7 +84,9 @@ def pack_files(header: dict[str, Any], files: list[tuple[str, bytes]]) -> bytes:
     return encode(head) + b"".join(data for _name, data in files)
 
 
-def unpack_files(blob: bytes, *, max_header_bytes: int = DEFAULT_MAX_BYTES) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+def unpack_files(
+    blob: bytes, *, max_header_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
     """The inverse of `pack_files`, checking every length against the blob (WireError otherwise)."""
     if not isinstance(blob, (bytes, bytearray)) or len(blob) < HEADER.size:
         raise WireError("the answer is not a packed message")
@@ -97,7 +99,9 @@ def unpack_files(blob: bytes, *, max_header_bytes: int = DEFAULT_MAX_BYTES) -> t
     if not isinstance(listed, list):
         raise WireError("the answer's file list is not a list")
     for entry in listed:
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], int)):
+        if not (
+            isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], int)
+        ):
             raise WireError("the answer's file list is malformed")
         name, length = entry
         if length < 0 or offset + length > len(blob):

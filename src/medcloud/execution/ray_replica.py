@@ -101,7 +101,9 @@ class ModelReplica:
             return
         try:
             with self._lock:
-                staged = self._sandbox.stage(Path(weights), self._host.in_dir / "weights" / uuid.uuid4().hex / "model.pt")
+                staged = self._sandbox.stage(
+                    Path(weights), self._host.in_dir / "weights" / uuid.uuid4().hex / "model.pt"
+                )
                 reply = self._host.call({"op": "swap", "weights": str(staged)}, LOAD_TIMEOUT_S)
             if not reply.get("ok"):
                 raise RuntimeError(reply.get("error") or "the swap failed")
@@ -112,7 +114,9 @@ class ModelReplica:
         self._weights, self._swap_error = weights, None
         log.info("Swapped in weights %s", weights)
 
-    def infer(self, image: str, files: list[tuple[str, bytes]], params: dict[str, Any], timeout: float | None = None) -> bytes:
+    def infer(
+        self, image: str, files: list[tuple[str, bytes]], params: dict[str, Any], timeout: float | None = None
+    ) -> bytes:
         """Run one request: `files` (name relative to the input folder, bytes) are written into the host's
         read-only input folder, `image` names the model's input among them. Answers `wire.pack_files` bytes:
         `{"ok": True, "inference"}` with the output files, or `{"ok": False, "error", "kind"}`."""

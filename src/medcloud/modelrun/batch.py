@@ -12,9 +12,9 @@ from typing import Any
 
 from medcloud.bundles.overrides import check_params, expressions_allowed
 from medcloud.errors import Invalid
-from medcloud.inference.model_input import model_input
 from medcloud.families.registry import family_of
 from medcloud.inference.host import build_predictor, inference_report
+from medcloud.inference.model_input import model_input
 from medcloud.inference.nrrd_writer import nrrd_to_nifti
 from medcloud.jobs import files
 from medcloud.jobs.spec import JobSpec

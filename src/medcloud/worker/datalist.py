@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from medcloud.config import Settings
 from medcloud.datasets import actions as dataset_actions
 from medcloud.datasets import service as datasets
 from medcloud.errors import Invalid
 from medcloud.jobs.ticket import DatasetInput
-from medcloud.config import Settings
 from medcloud.sources.base import DataSource
 from medcloud.sources.limits import SourceLimits
 from medcloud.sources.objectstore import ObjectStoreSource

@@ -46,7 +46,11 @@ def run_model_process(ctx: Any, spec: JobSpec, *, job_dir: Path) -> dict[str, An
     # stdout is the job's log. bwrap ends every process of the model with it (its own pid namespace), and
     # dies with this worker (--die-with-parent): a cancel that kills the worker ends the model too.
     with subprocess.Popen(
-        launch.argv, stdin=subprocess.PIPE, stdout=sys.stdout.fileno(), stderr=subprocess.STDOUT, **launch.popen_kwargs()
+        launch.argv,
+        stdin=subprocess.PIPE,
+        stdout=sys.stdout.fileno(),
+        stderr=subprocess.STDOUT,
+        **launch.popen_kwargs(),
     ) as proc:
         assert proc.stdin is not None
         try:
@@ -59,7 +63,10 @@ def run_model_process(ctx: Any, spec: JobSpec, *, job_dir: Path) -> dict[str, An
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            return {"status": "Error", "message": f"The model process ran past {wall:.0f} s (MEDCLOUD_SANDBOX_JOB_WALL_S)."}
+            return {
+                "status": "Error",
+                "message": f"The model process ran past {wall:.0f} s (MEDCLOUD_SANDBOX_JOB_WALL_S).",
+            }
     outcome = files.read_json(model / MODEL_RESULT, root=job_dir)
     if outcome is None or outcome.get("status") not in ("Done", "Error"):
         return {"status": "Error", "message": f"The model process died (exit code {code}) before it finished."}

@@ -23,9 +23,9 @@ from medcloud.errors import Invalid
 from medcloud.jobs import files
 from medcloud.jobs.spec import JobSpec
 from medcloud.jobs.ticket import JobTicket
-from medcloud.worker.datalist import open_input, train_and_validation
 from medcloud.sandbox import Sandbox, sandbox_for
 from medcloud.sources.cache import ImageCache
+from medcloud.worker.datalist import open_input, train_and_validation
 
 log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -74,7 +74,7 @@ def _checked_runs(exported: dict[str, Any]) -> list[dict[str, Any]]:
     """The export, each field of the type MLflow takes (ValueError otherwise)."""
     runs = exported.get("runs")
     if not isinstance(runs, list) or len(runs) > MAX_RUNS:
-        raise ValueError("`runs` is not a list of at most %d runs" % MAX_RUNS)
+        raise ValueError(f"`runs` is not a list of at most {MAX_RUNS} runs")
     checked = []
     for run in runs:
         if not isinstance(run, dict):
