@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class HostSpec:
-    """What a host process loads: JSON-serialisable, written next to the host's log."""
+    """What a host process loads: JSON-serialisable, sent to the host as its first frame (`wire.py`)."""
 
     experiment_id: str
     kind: str  # the model family's name: "custom", "vista3d", "deepedit" (families/registry.py)
