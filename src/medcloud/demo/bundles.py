@@ -6,8 +6,7 @@ import json
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from monai.utils import convert_to_tensor
 
 from medcloud.demo import classification_configs, configs, segmentation_configs
 from medcloud.demo.build_cache import build_once
+from medcloud.demo.determinism import deterministic_training
 from medcloud.demo.synthetic import write_demo_dataset, write_synthetic_ct, write_synthetic_rgb
 
 __all__ = [
@@ -42,7 +42,7 @@ SEGMENTATION_NAME = "spleen_ct_segmentation_demo"
 TRAINING_SEEDS_FROM = 1_000_000
 PACK_FORMATS: dict[str, str] = {"zip": ".zip", "tar": ".tar", "tar.gz": ".tar.gz"}
 # Bump when configs or training change, so old caches are not reused.
-_CACHE_KEY = "demo-bundles-v2"
+_CACHE_KEY = "demo-bundles-v3"  # v3: trained by demo/determinism.py (one thread, deterministic)
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -64,9 +64,8 @@ def make_classification_bundle(
     )
     _write_rgb_samples(folder)
     parser = _parser(folder, "train.json")
-    # A forked RNG keeps the caller's global torch seed untouched while making the weights reproducible.
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    # The caller's global torch seed stays untouched while the weights are reproducible on any machine.
+    with deterministic_training(seed):
         network = parser.get_parsed_content("network_def")
         transform = parser.get_parsed_content("validate#preprocessing")
         metrics = _train_classifier(network, transform, seed) if train else {}
@@ -98,8 +97,7 @@ def make_segmentation_bundle(
     sample = folder / "sample_data"
     write_synthetic_ct(sample / "imagesTs" / "ct_sample.nii.gz", sample / "labelsTs" / "ct_sample.nii.gz", seed=7)
     parser = _parser(folder, "train.json")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with deterministic_training(seed):
         network = parser.get_parsed_content("network_def")
         transform = parser.get_parsed_content("validate#preprocessing")
         metrics = _train_segmenter(network, transform, roi_size, seed) if train else {}
@@ -181,26 +179,13 @@ def _fit(
     # A late drop of the learning rate settles BatchNorm statistics and weights for evaluation.
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[int(steps * 0.7)], gamma=0.1)
     network.train()
-    with _one_thread():
-        for _ in range(steps):
-            images, targets = next_batch()
-            optimizer.zero_grad()
-            loss(network(images), targets).backward()
-            optimizer.step()
-            scheduler.step()
+    for _ in range(steps):
+        images, targets = next_batch()
+        optimizer.zero_grad()
+        loss(network(images), targets).backward()
+        optimizer.step()
+        scheduler.step()
     network.eval()
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    # These networks are too small to gain from intra-op threads, and spinning threads slow down
-    # several-fold when other processes share the cores (measured: 10 s vs 12-30 s under load).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _rgb_set(tmp: Path, transform: Compose, first_seed: int, count: int) -> Batch:

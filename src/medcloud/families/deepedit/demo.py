@@ -28,6 +28,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientati
 from scipy import ndimage
 
 from medcloud.demo.build_cache import build_once
+from medcloud.demo.determinism import deterministic_training
 from medcloud.demo.synthetic import ct_affine, save_ct_image, save_label
 
 __all__ = [
@@ -70,7 +71,7 @@ SHAPE = (48, 48, 40)
 TRAIN_SEEDS_FROM = 2_000_000  # the demo's training volumes; smaller seeds are held out for tests
 ORGAN_HU, AMBIGUOUS_HU, BODY_HU, AIR_HU, NOISE_HU = 140.0, 45.0, 0.0, -800.0, 12.0
 # Bump when the files, the network, the synthetic task or the training change, so old caches are not reused.
-_CACHE_KEY = "demo-deepedit-v4"
+_CACHE_KEY = "demo-deepedit-v5"  # v5: trained by demo/determinism.py
 
 
 # ---------------------------------------------------------------- the bundle
@@ -121,8 +122,7 @@ def make_deepedit_bundle(
     bundle_scripts_importable(folder)
     parser = ConfigParser(json.loads((folder / "configs" / "inference.json").read_text()))
     parser["bundle_root"] = str(folder)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with deterministic_training(seed):
         network = parser.get_parsed_content("network_def")
         if train:
             train_small_deepedit(network, parser, seed=seed, steps=steps, volumes=volumes, batch=batch)
