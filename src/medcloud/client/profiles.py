@@ -70,13 +70,6 @@ def load_profile(name: str | None = None) -> Profile | None:
     return Profile(host=entry.get("host"), org=entry.get("org"), api_key=entry.get("api_key"))
 
 
-def list_profiles() -> dict[str, Profile]:
-    """Every stored profile by name."""
-    return {
-        name: Profile(**{k: e.get(k) for k in ("host", "org", "api_key")}) for name, e in _read()["profiles"].items()
-    }
-
-
 def save_profile(profile: Profile, name: str = DEFAULT_PROFILE, *, make_default: bool = True) -> Path:
     """Store `profile` under `name` (other profiles kept) and return the file's path (mode 0600)."""
     data = _read()

@@ -159,13 +159,6 @@ def nrrd_body(array: np.ndarray, affine: np.ndarray, dtype: np.dtype) -> NrrdBod
     return NrrdBody(header=nrrd_header(data.shape, data.dtype, affine), data=memoryview(data.T).cast("B"))
 
 
-def image_nrrd(ctx: Context, row: Dataset, image_id: str) -> NrrdBody:
-    """The image as raw NRRD (blocking: fetches it into the cache unless it is there)."""
-    files, _source = image_files(ctx, row, image_id)
-    volume = load_volume(files, image_id, max_voxels=ctx.settings.max_voxels)
-    return nrrd_body(volume.array, volume.affine, wire_dtype(volume.array))
-
-
 def label_volume(ctx: Context, row: Dataset, image_id: str, labels: dict[str, str] | None) -> tuple[Volume, str]:
     """The image's current label as uint8 on the image's grid, and its label id; `NotFound` when it has none.
 

@@ -11,10 +11,6 @@ if TYPE_CHECKING:
     from medcloud.execution.base import HostBackend, JobBackend
 
 
-def backend_name(settings: Settings) -> str:
-    return "ray" if settings.ray_address else "local"
-
-
 def host_backend(settings: Settings, executor: Executor | None = None) -> HostBackend:
     """Model hosts; `executor`: the `model` thread pool for blocking work (pools.py)."""
     if settings.ray_address:

@@ -169,14 +169,6 @@ def lps_affine(datasets: Sequence[Dataset]) -> np.ndarray:
     return affine
 
 
-def is_uniform(positions: np.ndarray) -> bool:
-    """True when consecutive slice positions are equally spaced (within 1 %)."""
-    if len(positions) < 3:
-        return True
-    gaps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
-    return bool(np.abs(gaps - gaps.mean()).max() <= _SPACING_TOLERANCE * gaps.mean())
-
-
 def hounsfield(ds: Dataset) -> np.ndarray:
     """One instance's pixels after its own RescaleSlope/RescaleIntercept, as float32 `[column, row]`."""
     stored = ds.pixel_array.astype(np.float64)

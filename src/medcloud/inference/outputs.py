@@ -7,15 +7,6 @@ from typing import BinaryIO
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 
 
-def encode_multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    """Encode `(name, content)` pairs; each part has only `Content-Disposition: form-data; name=...`.
-
-    Returns the body and its content type (`multipart/form-data; boundary=<hex>`).
-    """
-    encoder = MultipartEncoder(fields=[(name, content) for name, content in files])
-    return encoder.to_string(), encoder.content_type
-
-
 def multipart_stream(files: list[tuple[str, BinaryIO]], boundary: str | None = None) -> MultipartEncoder:
     """The same encoding over open files, read in chunks (`encoder.read(n)`), never whole in memory.
 

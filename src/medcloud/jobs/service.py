@@ -154,11 +154,6 @@ def active_for_experiment(session: Session, *, experiment_id: str, action: str |
     return list(session.scalars(query))
 
 
-def active_using_dataset(session: Session, *, dataset_ids: set[str], experiment_ids: set[str]) -> list[Job]:
-    rows = session.scalars(select(Job).where(Job.status.in_([s.value for s in ACTIVE])))
-    return [r for r in rows if r.experiment_id in experiment_ids or r.dataset_id in dataset_ids]
-
-
 def delete(session: Session, *, row: Job) -> JobOut:
     if row.status in {s.value for s in ACTIVE}:
         raise Conflict(f"Job {row.id} is {row.status}; cancel it before deleting it.")

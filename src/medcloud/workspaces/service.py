@@ -90,7 +90,3 @@ def delete(session: Session, *, row: Workspace, users: list[str]) -> WorkspaceOu
     out = to_out(row)
     session.delete(row)
     return out
-
-
-def location_of(row: Workspace, box: SecretBox, settings: Settings) -> storage.StoreLocation:
-    return storage.location(row.cloud_type, dict(row.details), box.open(row.sealed_secrets), settings)

@@ -60,10 +60,6 @@ class Prompt:
     points: tuple[tuple[float, float, float], ...] | None = None
     point_labels: tuple[int, ...] | None = None
 
-    @property
-    def has_points(self) -> bool:
-        return self.points is not None
-
 
 def parse_prompt(params: Mapping[str, Any], rules: PromptRules = PromptRules()) -> Prompt:
     """Validate `bundle_params` (`label_prompt`, `points`, `point_labels`) or raise Invalid with a sentence.
