@@ -232,8 +232,10 @@ class Sandbox:
     def fresh_folder(self, folder: Path, *, experiment_id: str | None) -> Path:
         """Make `folder` anew (whatever model code left there is removed without following links) and give
         it to the experiment's identity through an fd. Its parent must be the server's."""
-        if folder.is_symlink() or folder.exists():
-            shutil.rmtree(folder) if not folder.is_symlink() else folder.unlink()
+        if folder.is_symlink():
+            folder.unlink()
+        elif folder.exists():
+            shutil.rmtree(folder)  # never follows a link model code left inside
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(folder, 0o700)
         who = self.identity(experiment_id)

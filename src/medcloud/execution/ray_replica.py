@@ -156,7 +156,7 @@ class ModelReplica:
                     outputs.close()  # and the request's folders go
                 return wire.pack_files({"ok": True, "inference": reply.get("inference")}, read)
             finally:
-                self._host._forget(request)
+                self._host.forget(request)
                 self._deadline = None
 
     def _restart(self) -> None:

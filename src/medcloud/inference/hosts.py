@@ -178,7 +178,7 @@ class ModelHost:
     def open_outputs(self, request: str, names: list[str]) -> Outputs:
         """The request's output files, opened below `out/` one name at a time (never through a link)."""
         assert self._out_fd is not None
-        outputs = Outputs(files=[], folder=None, cleanup=functools.partial(self._forget, request))
+        outputs = Outputs(files=[], folder=None, cleanup=functools.partial(self.forget, request))
         try:
             request_fd = walk_dirs(self._out_fd, [request])
         except OSError:
@@ -197,7 +197,7 @@ class ModelHost:
             os.close(request_fd)
         return outputs
 
-    def _forget(self, request: str) -> None:
+    def forget(self, request: str) -> None:
         """Remove a request's input (ours) and output (the host's: removed through an fd, links not followed)."""
         shutil.rmtree(self.in_dir / request, ignore_errors=True)
         if self._out_fd is not None:
@@ -333,7 +333,7 @@ class HostManager:
                 outputs.inference = reply.get("inference")
                 return outputs
             except BaseException as exc:
-                await self._run(host._forget, request)
+                await self._run(host.forget, request)
                 if isinstance(exc, TimeoutError):
                     raise Unavailable(str(exc)) from None
                 raise
