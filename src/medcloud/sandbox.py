@@ -264,13 +264,13 @@ class Sandbox:
     def stage(self, source: Path, target: Path) -> Path:
         """Put a file or folder of the server's (the image cache) at `target`, in a read-only input folder of
         the server's, readable by model code: hard links where possible (no copy of a volume, and the data
-        stays if the cache evicts its copy), else copies."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        stays if the cache evicts its copy), else copies. Folders made here are 0755 whatever the umask."""
+        _readable_dirs(target.parent)
         if source.is_dir():
             for path in sorted(source.rglob("*")):
                 if path.is_file() and not path.is_symlink():
                     self.stage(path, target / path.relative_to(source))
-            target.mkdir(parents=True, exist_ok=True)
+            _readable_dirs(target)
             return target
         if target.is_symlink() or target.exists():
             target.unlink()
@@ -432,6 +432,17 @@ class Sandbox:
             cpus = sorted(os.sched_getaffinity(0))[: s.sandbox_cpus]
             limits += ["taskset", "--cpu-list", ",".join(map(str, cpus))]
         return limits
+
+
+def _readable_dirs(folder: Path) -> None:
+    """Make `folder` and its missing parents, each 0755 (model code reads through them; the umask may be 077)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        os.chmod(path, 0o755)
 
 
 def _at_most(which: int, wanted: int) -> int:
