@@ -1,17 +1,14 @@
-"""What a job's model process is given: a serialisable spec, built by the trusted worker, read by the sandbox.
+"""What a job's model process is given: a spec built by the trusted worker, sent as JSON on its stdin.
 
-Everything model code needs is in it or in the job folder it names (inputs linked into `inputs/`);
-nothing in it opens the server's database, master key, cache or another experiment's folder.
+Everything model code needs is in it or in the read-only inputs it names (`inputs/`); the model process
+writes `model-result.json` (and progress, results) in its own `model/` folder (`modelrun/main.py`).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-SPEC = "spec.json"
 MODEL_RESULT = "model-result.json"
 
 
@@ -32,10 +29,3 @@ class JobSpec:
     images: list[dict[str, str]] = field(default_factory=list)  # batch inference: {"id", "path"}
     failed: dict[str, str] = field(default_factory=dict)  # images that could not be fetched
     weights: str | None = None  # a train job's checkpoint to run instead of the bundle's
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def read(cls, path: Path) -> JobSpec:
-        return cls(**json.loads(path.read_text()))
