@@ -16,6 +16,7 @@ import pytest
 from conftest import make_api
 from helpers import multipart_parts
 from sqlalchemy import select
+from tiny_datasets import label_nrrd
 
 from medcloud.auth import service as auth
 from medcloud.datasets.orm import Notification
@@ -99,20 +100,6 @@ def read_nrrd(data: bytes) -> tuple[dict, np.ndarray]:
     header = nrrd.read_header(stream)
     voxels = nrrd.read_data(header, stream, index_order="F")
     return header, voxels
-
-
-def label_nrrd(volume: np.ndarray, affine: np.ndarray, *, encoding: str = "raw", **extra) -> bytes:
-    """A label NRRD as pynrrd writes it, on the grid of `affine`."""
-    header = {
-        "encoding": encoding,
-        "space": "right-anterior-superior",
-        "space directions": affine[:3, :3].T,
-        "space origin": affine[:3, 3],
-        **extra,
-    }
-    out = io.BytesIO()
-    nrrd.write(out, volume, header, index_order="F")
-    return out.getvalue()
 
 
 def put_label(api, dataset_id, image_id, body, *, experiment_id=None, user="alice", headers=None):

@@ -36,13 +36,14 @@ def ct(seed: int, shape: tuple[int, int, int] = (16, 16, 8)) -> np.ndarray:
     return np.random.RandomState(seed).randint(-1000, 1000, size=shape).astype(np.int16)
 
 
-def label_nrrd(volume: np.ndarray, affine: np.ndarray = AFFINE, *, encoding: str = "raw") -> bytes:
-    """A label NRRD as pynrrd writes it, on the grid of `affine`."""
+def label_nrrd(volume: np.ndarray, affine: np.ndarray = AFFINE, *, encoding: str = "raw", **extra) -> bytes:
+    """A label NRRD as pynrrd writes it, on the grid of `affine` (`extra`: more header fields)."""
     header = {
         "encoding": encoding,
         "space": "right-anterior-superior",
         "space directions": affine[:3, :3].T,
         "space origin": affine[:3, 3],
+        **extra,
     }
     out = io.BytesIO()
     nrrd.write(out, volume, header, index_order="F")
