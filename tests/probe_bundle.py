@@ -89,6 +89,7 @@ if mode == "forkbomb":
     report["fork_failure"] = failure
     for child in children:
         child.kill()
+        child.wait()  # reaped: a zombie still counts against the uid's process limit
 if mode == "memory":
     try:
         hog = bytearray(cfg["hog_bytes"])
