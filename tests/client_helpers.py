@@ -1,14 +1,23 @@
-"""What tests/test_client.py and tests/test_cli.py share: one real `medcloud serve` and a fault-injecting proxy."""
+"""What tests/test_client.py and the CLI tests (tests/test_cli.py, tests/test_cli_tour.py) share: one real
+`medcloud serve` (the fixture `served`), a new user's environment (`home`), `medcloud` run as a user runs it,
+and a fault-injecting proxy."""
 
 from __future__ import annotations
 
 import http.server
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
+import pytest
+
+from medcloud.devserver import create_key, medcloud_serve
 
 ORG = "iasixjqzw1hj"  # the hosted service's default org: the client's default too
 
@@ -72,3 +81,34 @@ def fault_proxy(upstream: str, faults: Faults) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module", name="served")
+def served_fixture(tmp_path_factory):
+    """One real `medcloud serve` for the module, and a key of its org: (server, key)."""
+    data_dir = tmp_path_factory.mktemp("cli-server")
+    key = create_key(data_dir, ORG, "cli-user")
+    with medcloud_serve(data_dir) as server:
+        yield server, key
+
+
+@pytest.fixture(name="home")
+def home_fixture(tmp_path):
+    """An environment with its own config folder and no key: what a new user's shell has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDCLOUD_", "MONAI_"))}
+    env["MEDCLOUD_CONFIG_DIR"] = str(tmp_path / "config")
+    return env
+
+
+def medcloud(env: dict[str, str], *args: str, stdin: str | None = None, cwd: Path | None = None):
+    """Run `medcloud ARGS` and return the finished process (exit code, stdout, stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "medcloud.cli", *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
+    )  # fmt: skip
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return proc

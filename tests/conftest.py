@@ -22,6 +22,10 @@ from medcloud.config import Settings
 from medcloud.context import Context
 
 REPO = Path(__file__).resolve().parents[1]
+# Test workers (pytest-xdist, scripts/test.sh) run servers side by side: each worker's model code gets its
+# own uid range, as two servers on one machine must (a shared uid would share process limits and folders).
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+os.environ.setdefault("MEDCLOUD_SANDBOX_UID_BASE", str(2_100_000_000 + WORKER * 50_000_000))
 # Trained demo bundles are deterministic: build them once per checkout and reuse them.
 BUNDLE_CACHE = Path(os.environ.get("MEDCLOUD_TEST_CACHE", REPO / ".medcloud" / "test-cache"))
 

@@ -1,9 +1,11 @@
-"""Test doubles for API tests that need no model: a tiny bundle, a tiny dataset, and model hosts that only record."""
+"""Test doubles for API tests that need no model: a tiny bundle (a folder, or a zip of metadata only), a tiny
+dataset, and model hosts that only record."""
 
 from __future__ import annotations
 
 import json
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,13 @@ def tiny_bundle(folder: Path) -> Path:
     (folder / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1"}))
     (folder / "configs" / "inference.json").write_text(json.dumps({"dataset": {}, "evaluator": {}}))
     return folder
+
+
+def tiny_bundle_zip(path: Path, name: str = "tiny") -> Path:
+    """A bundle with metadata only: enough for an experiment without real-time inference."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{name}/configs/metadata.json", json.dumps({"name": name}))
+    return path
 
 
 def tiny_dataset(folder: Path, images: dict[str, bytes]) -> Path:

@@ -1,7 +1,12 @@
-"""Run a user guide's code cells as written: extract them from the seed text and exec them in order."""
+"""Run a user guide's code cells as written: extract them from the seed text and exec them in order; the org
+the guides name, and guide 000's bundle served over HTTP (the fixture `bundle_server`)."""
 
 from __future__ import annotations
 
+import http.server
+import shutil
+import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,7 @@ CELL_MARK = "In [None]:"
 NO_GUIDES = f"the user guides are read from {SEEDS}, which this checkout does not have (../shared/seeds)"
 # A newcomer's clone has no ../shared: the guide tests skip, saying so.
 requires_guides = pytest.mark.skipif(not SEEDS.is_dir(), reason=NO_GUIDES)
+ORG = "iasixjqzw1hj"  # the org written in the guides
 
 
 def guide_cells(name_prefix: str) -> list[str]:
@@ -56,3 +62,17 @@ def guide_snippet(name_prefix: str, contains: str) -> str:
     text = next(SEEDS.glob(f"{name_prefix}_*.txt")).read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```python")[1:]]
     return next(b for b in blocks if contains in b)
+
+
+@pytest.fixture(name="bundle_server")
+def bundle_server_fixture(demo_zips, tmp_path):
+    """Serves the demo classification bundle under the model zoo's file name: guide 000's `bundle_url`."""
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copy(demo_zips["classification"], root / "endoscopic_inbody_classification_v0.4.6.zip")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/endoscopic_inbody_classification_v0.4.6.zip"
+    server.shutdown()

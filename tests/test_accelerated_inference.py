@@ -434,7 +434,7 @@ def test_batch_inference_runs_in_the_checked_mode_and_reports_it(
     import io
     import tarfile
 
-    from test_jobs import seg_experiment, start, wait_status
+    from builders import seg_experiment, start, wait_status
 
     runnable("openvino")
     exp = seg_experiment(api, local_dataset, demo_zips, model_params={"inference_mode": "openvino"})

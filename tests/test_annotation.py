@@ -7,64 +7,9 @@ series rises), and the job ends Done by `max_rounds`; a second run ends Done by 
 
 from __future__ import annotations
 
-import time
-
+from builders import SHAPE, SPLEEN, annotate_round, dataset_for, held_out_dice, job, notify, wait_status
 from dicom_data import store_ct, store_seg
-from helpers import dice, multipart_parts, nrrd_voxels, wait_for
-from test_dicomweb_api import SPLEEN
-from test_jobs import job, wait_status
-
-SHAPE = (48, 48, 32)
-
-
-def dataset_for(api, orthanc, patient):
-    resp = api.post(
-        "datasets",
-        json={
-            "name": patient,
-            "type": "semantic_segmentation",
-            "client_url": orthanc.url,
-            "client_id": orthanc.user,
-            "client_secret": orthanc.password,
-            "filters": f"Modality=CT&PatientID={patient}",
-        },
-    )
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"]
-
-
-def held_out_dice(api, exp, dataset_id, series):
-    resp = api.post(
-        f"experiments/{exp['id']}/jobs",
-        json={"action": "inference", "specs": {"image": series.uid, "dataset_id": dataset_id}},
-    )
-    assert resp.status_code == 201, resp.text
-    return dice(nrrd_voxels(next(iter(multipart_parts(resp).values())), series.label.shape), series.label)
-
-
-def notify(api, dataset_id, series, seg_uid):
-    resp = api.post(
-        f"datasets/{dataset_id}/jobs",
-        json={
-            "action": "notify",
-            "specs": {"added": {"image": series.uid, "label": seg_uid}, "updated": [], "removed": []},
-        },
-    )
-    assert resp.status_code == 201, resp.text
-
-
-def annotate_round(api, orthanc, exp, cl_job, dataset_id, series, labels=SPLEEN):
-    before = {j["id"] for j in api.get(f"experiments/{exp['id']}/jobs").json()["jobs"]}
-    notified = time.monotonic()
-    notify(api, dataset_id, series, store_seg(orthanc, series, labels))
-    train = wait_for(
-        lambda: [j for j in api.get(f"experiments/{exp['id']}/jobs").json()["jobs"] if j["id"] not in before],
-        timeout=30,
-        what="a train job",
-    )[0]
-    assert train["parent_id"] == cl_job and train["name"] == "Train Job for CL"
-    assert time.monotonic() - notified < 5  # reacts to the notification, no 15 s polling
-    return wait_status(api, exp, train["id"], {"Done", "Error"}, timeout=600)
+from helpers import wait_for
 
 
 def test_two_rounds_improve_the_model_and_the_host_serves_it(api, empty_orthanc, weak_bundle):

@@ -4,17 +4,16 @@ copying, sha256 pinning, and a download cache that fetches once per URL and stay
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import make_api
+from fakes import tiny_bundle_zip
 from local_http import http_server
 
 from medcloud.bundles.fetch import BAD_BUNDLE, fetch_bundle
@@ -23,13 +22,6 @@ from medcloud.errors import Invalid
 
 SECRET_TOKEN = "tok3n-SECRET-in-query"
 SECRET_PASSWORD = "pa55-SECRET-in-userinfo"
-
-
-def tiny_bundle_zip(path: Path, name: str = "tiny") -> Path:
-    """A bundle with metadata only: enough for an experiment without real-time inference."""
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(f"{name}/configs/metadata.json", json.dumps({"name": name}))
-    return path
 
 
 def tiny_bundle_folder(path: Path) -> Path:

@@ -5,53 +5,27 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import stat
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
-import pytest
-from client_helpers import ORG, Faults, fault_proxy
+from client_helpers import (
+    ORG,
+    Faults,
+    fault_proxy,
+    home_fixture,  # noqa: F401  (the fixture `home`)
+    medcloud,
+    ok,
+    served_fixture,  # noqa: F401  (the fixture `served`)
+)
 
-from medcloud.devserver import create_key, free_port, medcloud_serve
+from medcloud.devserver import free_port
 
 USER_COMMANDS = [
     ["login"], ["datasets", "list"], ["datasets", "create"], ["datasets", "delete"], ["experiments", "list"],
     ["experiments", "create"], ["experiments", "delete"], ["infer"], ["jobs", "list"], ["jobs", "create"],
     ["jobs", "watch"], ["jobs", "logs"], ["jobs", "cancel"], ["jobs", "download"], ["nextimage"],
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("cli-server")
-    key = create_key(data_dir, ORG, "cli-user")
-    with medcloud_serve(data_dir) as server:
-        yield server, key
-
-
-@pytest.fixture
-def home(tmp_path):
-    """An environment with its own config folder and no key: what a new user's shell has."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDCLOUD_", "MONAI_"))}
-    env["MEDCLOUD_CONFIG_DIR"] = str(tmp_path / "config")
-    return env
-
-
-def medcloud(env: dict[str, str], *args: str, stdin: str | None = None, cwd: Path | None = None):
-    """Run `medcloud ARGS` and return the finished process (exit code, stdout, stderr)."""
-    return subprocess.run(
-        [sys.executable, "-m", "medcloud.cli", *args],
-        input=stdin if stdin is not None else "",
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
-    )  # fmt: skip
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
 
 
 def logged_in(env: dict[str, str], served) -> dict[str, str]:

@@ -11,13 +11,18 @@ import csv
 import json
 import uuid
 
+from client_helpers import (
+    home_fixture,  # noqa: F401  (the fixture `home`)
+    medcloud,
+    ok,
+    served_fixture,  # noqa: F401  (the fixture `served`)
+)
 from services import AZURITE_ACCOUNT
-from test_cli import home, medcloud, ok, served  # noqa: F401  (fixtures)
 
 from medcloud.demo.synthetic import stable_id, write_synthetic_ct, write_synthetic_rgb
 
 
-def test_from_a_folder_of_images_to_predictions_with_the_cli(served, home, azurite, demo_zips, tmp_path):  # noqa: F811
+def test_from_a_folder_of_images_to_predictions_with_the_cli(served, home, azurite, demo_zips, tmp_path):
     server, key = served
     folder = tmp_path / "study"
     for i in range(2):

@@ -7,9 +7,9 @@ import sqlite3
 import threading
 
 import pytest
+from builders import create_dataset, create_experiment, manifest_entries
 from helpers import wait_for
 from services import AZURITE_ACCOUNT, upload_folder_to_azure, upload_folder_to_s3
-from test_realtime_inference import create_dataset, create_experiment, manifest_entries
 
 UNKNOWN = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 

@@ -16,12 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from builders import SHAPE, SPLEEN, annotate_round, dataset_for, held_out_dice, wait_status
 from helpers import dice, multipart_parts, nrrd_voxels
-from test_jobs import wait_status
 
 from medcloud.families.deepedit.demo import DeepEditVolume, deepedit_ct_volume, make_deepedit_bundle
-
-SPLEEN = {"1": "spleen"}
 
 
 def deepedit_base(api) -> dict:
@@ -190,7 +188,6 @@ def test_continual_learning_on_dicomweb(tmp_path, empty_orthanc):
     official train.json; the round ends Done and the real-time host serves the fine-tuned weights."""
     from conftest import make_api
     from dicom_data import store_ct, store_seg
-    from test_annotation import SHAPE, annotate_round, dataset_for, held_out_dice
 
     weak = make_deepedit_bundle(tmp_path / "weak", train=True, steps=20, volumes=4)
     with make_api(tmp_path / "data", deepedit_bundle=str(weak)) as api:

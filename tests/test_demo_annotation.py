@@ -13,13 +13,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import BUNDLE_CACHE
-from helpers import dice, multipart_parts, nrrd_voxels
+from helpers import dice, multipart_parts, nrrd_voxels, wait_for
 
 from medcloud.config import Settings
 from medcloud.demo.annotation import ANNOTATION_SPECS, DATASET, EVAL_DATASET, EXPERIMENT, LABELS
 from medcloud.demo.ct_dataset import CtVolumes, write_ct_dataset
 from medcloud.demo.setup import with_demo_models
-from medcloud.devserver import medcloud_serve
+from medcloud.devserver import create_key, medcloud_serve
 
 ORG = "iasixjqzw1hj"
 
@@ -181,3 +181,56 @@ def test_serve_prepares_the_annotation_demo_once_and_reuses_it(tmp_path: Path) -
         assert resp.status_code == 201, resp.text
         voxels = nrrd_voxels(next(iter(multipart_parts(resp).values())), truth.shape)
         assert dice(voxels == 3, truth) > 0.7
+
+
+def _trainer_pids(data_dir: Path) -> list[int]:
+    """Processes of `python -m medcloud.demo.background DATA_DIR` (the demo's trainer) still alive."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"medcloud.demo.background" in argv and str(data_dir).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_serve_answers_at_once_while_the_demo_trains_and_stops_without_waiting(tmp_path: Path, local_dataset) -> None:
+    data = tmp_path / "data"  # nothing cached: the first start trains the demo networks (minutes)
+    with medcloud_serve(data, demo=True, timeout_s=60) as server:
+        health = httpx.get(f"{server.url}/api/v1/health/readiness").json()
+        assert health["demo"]["state"] == "preparing" and health["demo"]["step"].startswith("training"), health
+        log = wait_for(
+            lambda: (
+                "Demo: training the demo bundles (segmentation, classification)" in server.log.read_text()
+                and server.log.read_text()
+            ),
+            timeout=60,
+            what="the trainer's first step in the log",
+        )
+        assert "medcloud demo is ready" not in log  # guide 000's printout comes once the demo is ready
+        assert _trainer_pids(data)
+
+        key = create_key(data, ORG, "early-user")
+        client = Client(server.url, key)
+        assert client.get("datasets")["datasets"] == []
+        dataset = client.http.post("datasets", json={"name": "mine", "client_url": str(local_dataset)})
+        assert dataset.status_code == 201, dataset.text
+        base = next(
+            e["id"] for e in client.get("./experiments:base")["experiments"] if e["network_arch"] == "monai_vista3d"
+        )
+        body = {
+            "name": "v3d",
+            "network_arch": "monai_vista3d",
+            "base_experiment": [base],
+            "realtime_infer": True,
+            "train_datasets": [dataset.json()["id"]],
+        }
+        early = client.http.post("experiments", json=body)
+        assert early.status_code == 503, early.text
+        assert "still being prepared" in early.json()["error_desc"]
+        assert client.get("experiments", user_only="true")["experiments"] == []  # nothing half-made
+        stop_started = time.monotonic()
+    assert time.monotonic() - stop_started < 25 and server.proc.returncode != -9  # stopped by SIGTERM, not killed
+    wait_for(lambda: not _trainer_pids(data), timeout=10, what="the trainer to end with the server")

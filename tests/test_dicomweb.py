@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from dicom_data import LABELS, ct_and_labels
 from orthanc import OrthancInfo, empty_orthanc_fixture, orthanc_fixture  # noqa: F401  (fixtures)
 from services import free_port
-from test_imaging import LABELS, ct_and_labels
 
 from medcloud.errors import Invalid
 from medcloud.imaging.seg import labels_to_seg

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import threading
 
+from builders import SPLEEN, start, wait_status
 from dicom_data import store_ct, store_seg
 from helpers import dice, multipart_parts, nrrd_voxels, wait_for
-from test_jobs import start, wait_status
 
 from medcloud.imaging.synthetic_dicom import SAGITTAL
-
-SPLEEN = {"1": "spleen"}
 
 
 def dicom_dataset(api, orthanc, **extra):

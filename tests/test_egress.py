@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import make_api
+from fakes import tiny_bundle_zip
 from local_http import http_server
 from services import AZURITE_ACCOUNT, upload_folder_to_azure, upload_folder_to_s3
-from test_bundle_sources import tiny_bundle_zip
 
 from medcloud import egress
 from medcloud.config import Settings

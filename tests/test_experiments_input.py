@@ -5,7 +5,7 @@ from __future__ import annotations
 import zipfile
 
 import pytest
-from test_realtime_inference import create_dataset, create_experiment, manifest_entries
+from builders import create_dataset, create_experiment, manifest_entries
 
 from medcloud.bundles.fetch import BAD_BUNDLE
 

@@ -8,10 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from builders import SHAPE, SPLEEN
 from dicom_data import store_ct, store_seg
 from helpers import wait_for
-from test_annotation import SHAPE
-from test_dicomweb_api import SPLEEN
 
 from medcloud.devserver import create_key, medcloud_serve
 

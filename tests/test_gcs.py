@@ -19,11 +19,11 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
+from builders import seg_experiment, start, wait_status
 from conftest import make_api
 from helpers import wait_for
+from objectstore_contract import Store, assert_contract, write_dataset
 from services import GcsInfo, upload_folder_to_gcs
-from test_jobs import seg_experiment, start, wait_status
-from test_objectstore import Store, assert_contract, write_dataset
 
 from medcloud.demo.synthetic import write_demo_dataset
 from medcloud.errors import Invalid

@@ -7,33 +7,20 @@ and the bundle URL (a local HTTP server) are changed.
 from __future__ import annotations
 
 import csv
-import http.server
 import json
-import shutil
-import threading
-from functools import partial
 
-import pytest
-from guides import create_key, guide_cells, medcloud_serve, requires_guides, substitute
+from guides import (
+    ORG,
+    bundle_server_fixture,  # noqa: F401  (the fixture `bundle_server`: the guide's bundle, served over HTTP)
+    create_key,
+    guide_cells,
+    medcloud_serve,
+    requires_guides,
+    substitute,
+)
 from services import AZURITE_ACCOUNT, upload_folder_to_azure
 
 pytestmark = requires_guides
-
-ORG = "iasixjqzw1hj"  # the org written in the guide
-
-
-@pytest.fixture
-def bundle_server(demo_zips, tmp_path):
-    """Serves the demo classification bundle under the model zoo's file name."""
-    root = tmp_path / "www"
-    root.mkdir()
-    shutil.copy(demo_zips["classification"], root / "endoscopic_inbody_classification_v0.4.6.zip")
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/endoscopic_inbody_classification_v0.4.6.zip"
-    server.shutdown()
 
 
 def test_guide_000_runs_as_written(azurite, local_dataset, bundle_server, tmp_path, monkeypatch):

@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 
 from dicom_data import store_ct, store_seg
-from guides import create_key, guide_cells, guide_snippet, medcloud_serve, requires_guides, substitute
+from guides import ORG, create_key, guide_cells, guide_snippet, medcloud_serve, requires_guides, substitute
 from helpers import wait_for
 from services import AZURITE_ACCOUNT
 
 pytestmark = requires_guides
 
-ORG = "iasixjqzw1hj"
 GUIDE_LABELS = {"1": "liver", "2": "kidney", "3": "spleen", "4": "pancreas", "5": "right kidney"}
 POINT_PROMPT_CELL = 11
 

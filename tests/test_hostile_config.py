@@ -11,10 +11,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from builders import create_dataset, manifest_entries, wait_status
 from conftest import make_api
 from helpers import multipart_parts, wait_for
-from test_jobs import wait_status
-from test_realtime_inference import create_dataset, manifest_entries
 
 from medcloud.errors import Invalid
 from medcloud.experiments.orm import Experiment

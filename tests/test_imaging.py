@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from dicom_data import LABELS, ct_and_labels
 from pydicom.sr.codedict import codes
 
-from medcloud.demo.synthetic import synthetic_ct_arrays
 from medcloud.imaging.seg import labels_to_seg, seg_to_labels
 from medcloud.imaging.series import as_part10, read_series, to_label_grid, write_label_nifti, write_nifti
 from medcloud.imaging.synthetic_dicom import (
@@ -26,18 +26,6 @@ from medcloud.imaging.synthetic_dicom import (
 )
 
 ORIENTATIONS = {"axial": AXIAL, "sagittal": SAGITTAL, "oblique": OBLIQUE}
-LABELS = {"1": "liver", "2": "right_kidney", "3": "spleen"}
-
-
-def ct_and_labels(seed: int = 1, shape: tuple[int, int, int] = (24, 20, 12)) -> tuple[np.ndarray, np.ndarray]:
-    """Integer HU (what 16-bit stored values with slope 1 can hold exactly) and a 3-class label map."""
-    rad_max = min(6, (min(shape) - 1) // 2)
-    image, label = synthetic_ct_arrays(seed=seed, shape=shape, num_objs=3, rad_max=rad_max, rad_min=max(1, rad_max - 2))
-    hu = np.rint(image * 4.0 - 900.0).astype(np.float32)  # spread over -1100..-300 and beyond
-    rng = np.random.RandomState(seed)
-    labels = (label * rng.randint(1, 4, size=shape)).astype(np.uint8)
-    labels[:, :, 0] = 0  # an empty slice: its frames are left out of the SEG
-    return hu, labels
 
 
 def expected_ras(ds: pydicom.Dataset, i: int, j: int) -> np.ndarray:

@@ -21,7 +21,7 @@ ENTRY_POINTS = [
     "medcloud.modelrun.batch",
 ]
 FORBIDDEN_EXACT = {"medcloud.context", "medcloud.db", "medcloud.secrets", "medcloud.app", "medcloud.leader"}
-FORBIDDEN_PARTS = {"orm", "service", "api", "router"}
+FORBIDDEN_PARTS = {"orm", "service", "api", "router", "lifecycle"}
 
 LOADER = """
 import json, sys, importlib

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from builders import create_dataset, create_experiment, manifest_entries
 from helpers import csv_rows, multipart_parts, wait_for
-from test_realtime_inference import create_dataset, create_experiment, manifest_entries
 
 SLEEP_S = 3
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from builders import start, wait_status
 from services import AZURITE_ACCOUNT, upload_folder_to_azure, upload_folder_to_s3
-from test_jobs import start, wait_status
 
 from medcloud.logs import NOISY_LOGGERS
 

@@ -9,46 +9,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from builders import job, seg_experiment, start, wait_status
 from helpers import wait_for
 from services import s3_client
-from test_realtime_inference import create_dataset
 
 UNKNOWN = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
-
-
-def seg_experiment(api, local_dataset, demo_zips, **extra):
-    dataset_id = create_dataset(api, local_dataset)
-    body = {
-        "name": "train",
-        "network_arch": "monai_segmentation",
-        "train_datasets": [dataset_id],
-        "eval_dataset": dataset_id,
-        "bundle_url": str(demo_zips["segmentation"]),
-        **extra,
-    }
-    resp = api.post("experiments", json=body)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-def start(api, exp, specs, action="train"):
-    resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": action, "specs": specs})
-    assert resp.status_code == 201, resp.text
-    job_id = resp.json()
-    assert isinstance(job_id, str) and len(job_id) == 36  # a bare JSON string
-    return job_id
-
-
-def job(api, exp, job_id):
-    return api.get(f"experiments/{exp['id']}/jobs/{job_id}").json()
-
-
-def wait_status(api, exp, job_id, statuses, timeout=240):
-    return wait_for(
-        lambda: (j := job(api, exp, job_id))["status"] in statuses and j,
-        timeout=timeout,
-        what=f"job {job_id} to reach {statuses}",
-    )
 
 
 def test_train_job_runs_the_bundle_and_reports_its_best_epoch(api, local_dataset, demo_zips):

@@ -7,60 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
+from builders import REPO, make_dataset_folder, random_dicom_series, random_nifti, server_image_ids
 
 from medcloud.client.manifest import ManifestError, build_manifest, plan_manifest, stable_id
 from medcloud.imaging.synthetic_dicom import write_ct_series
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _nifti(path: Path, seed: int, *, label: bool = False) -> None:
-    rng = np.random.default_rng(seed)
-    data = (
-        (rng.random((16, 16, 8)) > 0.5).astype(np.uint8) if label else rng.normal(size=(16, 16, 8)).astype(np.float32)
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 2.0, 1.0])), str(path))
-
-
-def _dicom_series(folder: Path, seed: int, *, extension: str = ".dcm") -> list[str]:
-    """A 16x16x6 CT series written as one file per slice; returns the file names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    hu = np.random.default_rng(seed).integers(-1000, 1000, size=(16, 16, 6)).astype(np.float32)
-    names = []
-    for k, ds in enumerate(write_ct_series(hu, seed=seed, patient_id=f"P{seed}")):
-        name = f"slice{k:03d}{extension}"
-        ds.save_as(folder / name, enforce_file_format=True)
-        names.append(name)
-    return names
-
-
-def _png(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 255, size=(12, 12, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
-
-def make_dataset_folder(root: Path) -> Path:
-    """imagesTr/{a,b}.nii.gz with labelsTr/{a,b}.nii.gz, imagesTr/ct1/ (DICOM, labelsTr/ct1.nii.gz),
-    imagesTr/ct2/ (DICOM files without extension, unlabeled), photos/p1.png with p1_mask.png next to it,
-    photos/p2.png unlabeled, and a README that is no image."""
-    _nifti(root / "imagesTr" / "a.nii.gz", 1)
-    _nifti(root / "imagesTr" / "b.nii.gz", 2)
-    _nifti(root / "labelsTr" / "a.nii.gz", 3, label=True)
-    _nifti(root / "labelsTr" / "b.nii.gz", 4, label=True)
-    _dicom_series(root / "imagesTr" / "ct1", 5)
-    _nifti(root / "labelsTr" / "ct1.nii.gz", 6, label=True)
-    _dicom_series(root / "imagesTr" / "ct2", 7, extension="")
-    _png(root / "photos" / "p1.png", 8)
-    _png(root / "photos" / "p1_mask.png", 9)
-    _png(root / "photos" / "p2.png", 10)
-    (root / "README").write_text("not an image\n")
-    return root
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -115,7 +67,7 @@ def test_ids_are_stable_across_runs_and_equal_the_demo_datasets(tmp_path: Path) 
 
 def test_one_image_per_series_when_a_folder_holds_two_series(tmp_path: Path) -> None:
     folder = tmp_path / "ds"
-    _dicom_series(folder / "study", 1)
+    random_dicom_series(folder / "study", 1)
     for k, ds in enumerate(write_ct_series(np.zeros((8, 8, 3), np.float32), seed=2)):
         ds.save_as(folder / "study" / f"other{k}.dcm", enforce_file_format=True)
     manifest = plan_manifest(folder).manifest
@@ -125,10 +77,10 @@ def test_one_image_per_series_when_a_folder_holds_two_series(tmp_path: Path) -> 
 
 def test_labels_dir_option_and_suffix_rule_at_the_root(tmp_path: Path) -> None:
     folder = tmp_path / "ds"
-    _nifti(folder / "scans" / "x.nii.gz", 1)
-    _nifti(folder / "segs" / "x.nii.gz", 2, label=True)
-    _nifti(folder / "y.nii.gz", 3)
-    _nifti(folder / "y_seg.nii.gz", 4, label=True)
+    random_nifti(folder / "scans" / "x.nii.gz", 1)
+    random_nifti(folder / "segs" / "x.nii.gz", 2, label=True)
+    random_nifti(folder / "y.nii.gz", 3)
+    random_nifti(folder / "y_seg.nii.gz", 4, label=True)
     entries = _entries(plan_manifest(folder, labels="segs").manifest)
     assert entries["scans/x.nii.gz"]["label"]["path"] == ["segs/x.nii.gz"]
     assert entries["y.nii.gz"]["label"]["path"] == ["y_seg.nii.gz"]
@@ -137,8 +89,8 @@ def test_labels_dir_option_and_suffix_rule_at_the_root(tmp_path: Path) -> None:
 
 def test_cli_unmatched_label_exits_1_naming_it_and_writes_nothing(tmp_path: Path) -> None:
     folder = make_dataset_folder(tmp_path / "ds")
-    _nifti(folder / "labelsTr" / "zzz.nii.gz", 11, label=True)
-    _nifti(folder / "photos" / "ghost_seg.nii.gz", 12, label=True)
+    random_nifti(folder / "labelsTr" / "zzz.nii.gz", 11, label=True)
+    random_nifti(folder / "photos" / "ghost_seg.nii.gz", 12, label=True)
     result = run_cli("datasets", "build-manifest", str(folder))
     assert result.returncode == 1, result.stderr
     assert "labelsTr/zzz.nii.gz" in result.stderr and "photos/ghost_seg.nii.gz" in result.stderr
@@ -171,9 +123,9 @@ def test_an_unreadable_image_is_named_and_an_old_manifest_is_kept(tmp_path: Path
 
 def test_two_labels_for_one_image_is_an_error(tmp_path: Path) -> None:
     folder = tmp_path / "ds"
-    _nifti(folder / "x.nii.gz", 1)
-    _nifti(folder / "x_seg.nii.gz", 2, label=True)
-    _nifti(folder / "x_mask.nii.gz", 3, label=True)
+    random_nifti(folder / "x.nii.gz", 1)
+    random_nifti(folder / "x_seg.nii.gz", 2, label=True)
+    random_nifti(folder / "x_mask.nii.gz", 3, label=True)
     with pytest.raises(ManifestError, match="x.nii.gz has two labels"):
         plan_manifest(folder)
 
@@ -184,20 +136,9 @@ def test_the_server_accepts_the_manifest_and_reads_its_images(tmp_path: Path, ap
     resp = api.post("datasets", json={"name": "built", "client_url": str(folder)})
     assert resp.status_code == 201, resp.text
     dataset_id = resp.json()["id"]
-    source_ids = _server_image_ids(api, dataset_id)
+    source_ids = server_image_ids(api, dataset_id)
     assert source_ids == {e["image"]["id"] for e in manifest["data"]}
     ct1 = _entries(manifest)["imagesTr/ct1"]["image"]["id"]
     volume = api.get(f"datasets/{dataset_id}/images/{ct1}/volume")
     assert volume.status_code == 200, volume.text
     assert b"sizes: 16 16 6" in volume.content[:400]
-
-
-def _server_image_ids(api, dataset_id: str) -> set[str]:  # noqa: ANN001
-    """The image ids the server's data source for `dataset_id` lists."""
-    from medcloud.datasets import service
-    from medcloud.datasets.orm import Dataset
-
-    with api.ctx.db.session() as session:
-        row = session.get(Dataset, dataset_id)
-        session.expunge(row)
-    return set(service.source_of(row, api.ctx.box, settings=api.ctx.settings).image_ids())

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import job, start, wait_status
 from model_zoo import MODEL_ZOO, NO_MODEL_ZOO, zoo_bundle_folder
-from test_jobs import job, start, wait_status
 
 pytestmark = pytest.mark.skipif(not MODEL_ZOO.is_dir(), reason=NO_MODEL_ZOO)
 SPECS = {

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gcsfs
 import pytest
+from objectstore_contract import Store, assert_contract, write_dataset
 from services import (
     AzuriteInfo,
     MotoInfo,
@@ -31,24 +30,6 @@ from medcloud.sources.objectstore import ObjectStoreSource, parse_client_url, re
 pytest_plugins = ["services"]  # the session fixtures `azurite` and `s3_server`
 BUCKET, CONTAINER = "medcloud-test", "medcloud"
 FAST_S = 5.0  # every failure must be reported within this many seconds
-
-
-@dataclass
-class Store:
-    """One kind of store under test: how to put a folder there and how a client names it."""
-
-    name: str
-    base: str  # client URL of the bucket/container (or local folder), no trailing slash
-    client_id: str | None
-    client_secret: str | None
-    put: Callable[[Path, str], None]  # (local folder, prefix)
-    endpoint_url: str | None = None
-
-    def url(self, prefix: str) -> str:
-        return f"{self.base}/{prefix}"
-
-    def open(self, url: str) -> ObjectStoreSource:
-        return ObjectStoreSource.open(url, self.client_id, self.client_secret, endpoint_url=self.endpoint_url)
 
 
 def _local_store(base: Path, name: str, as_file_url: bool) -> Store:
@@ -79,75 +60,12 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return Store(kind, f"s3://{BUCKET}", s3.key, s3.secret, put, endpoint_url=s3.endpoint_url)
 
 
-def write_dataset(
-    folder: Path,
-    *,
-    files_under: str = "",
-    manifest: dict[str, Any] | None = None,
-    manifest_name: str = "manifest.json",
-) -> dict[str, bytes]:
-    """A small dataset with random bytes: its files by path relative to the root, manifest written."""
-    files = {
-        "imagesTr/a.nii.gz": os.urandom(3000),
-        "labelsTr/a.nii.gz": os.urandom(500),
-        "imagesTr/b.nii.gz": os.urandom(1200),
-        "multi/x.bin": os.urandom(10),
-        "multi/y.bin": os.urandom(20),
-        **{f"dcm/series1/{i}.dcm": os.urandom(300 + i) for i in range(3)},
-    }
-    for rel, data in files.items():
-        path = folder / files_under / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    doc = manifest if manifest is not None else {}
-    doc.setdefault(
-        "data",
-        [
-            {
-                "image": {"path": ["imagesTr/a.nii.gz"], "id": "img-a"},
-                "label": {"path": ["labelsTr/a.nii.gz"], "id": "lab-a"},
-            },
-            {"image": {"path": "imagesTr/b.nii.gz", "id": "img-b"}},
-            {"image": {"path": ["multi/x.bin", "multi/y.bin"], "id": "img-multi"}},
-            {"image": {"path": ["dcm/series1"], "id": "series-1"}},  # a folder: a DICOM series
-            {"comment": "not an image"},
-        ],
-    )
-    (folder / manifest_name).write_text(json.dumps(doc))
-    return files
-
-
 def publish(store: Store, tmp_path: Path, **kwargs: Any) -> tuple[str, dict[str, bytes]]:
     """Write a dataset locally, put it in the store under a fresh prefix; (its URL, its files)."""
     prefix = f"ds-{uuid.uuid4().hex[:8]}"
     files = write_dataset(tmp_path / "src", **kwargs)
     store.put(tmp_path / "src", prefix)
     return store.url(prefix), files
-
-
-def fetched(paths: list[Path], dest: Path) -> dict[str, bytes]:
-    return {p.relative_to(dest).as_posix(): p.read_bytes() for p in paths}
-
-
-def assert_contract(source: ObjectStoreSource, files: dict[str, bytes], dest: Path) -> None:
-    """The listing, labels and the bytes of every fetched file match the originals."""
-    assert [i.id for i in source.images()] == ["img-a", "img-b", "img-multi", "series-1"]
-    assert source.unlabeled_ids() == ["img-b", "img-multi", "series-1"]
-    assert source.get("img-a").label_id == "lab-a" and source.meta("img-b") == {"labels": []}
-    expected = {
-        "img-a": ["imagesTr/a.nii.gz"],
-        "img-b": ["imagesTr/b.nii.gz"],
-        "img-multi": ["multi/x.bin", "multi/y.bin"],
-        "series-1": [f"dcm/series1/{i}.dcm" for i in range(3)],
-    }
-    for image_id, rels in expected.items():
-        got = fetched(source.fetch(image_id, dest / image_id), dest / image_id)
-        assert got == {rel: files[rel] for rel in rels}, image_id
-    label = fetched(source.fetch_label("img-a", dest / "label"), dest / "label")
-    assert label == {"labelsTr/a.nii.gz": files["labelsTr/a.nii.gz"]}
-    again = source.fetch("img-a", dest / "img-a")  # overwriting an earlier download is fine
-    assert again[0].read_bytes() == files["imagesTr/a.nii.gz"]
-    assert not [p for p in dest.rglob("*") if p.name.endswith(".part")]
 
 
 def test_open_list_and_fetch_bytes(store: Store, tmp_path: Path) -> None:

@@ -17,10 +17,9 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from builders import create_dataset, job, seg_experiment, start, wait_status
 from conftest import make_api
 from helpers import wait_for
-from test_jobs import job, seg_experiment, start, wait_status
-from test_realtime_inference import create_dataset
 
 from medcloud.datasets.orm import Dataset, Notification
 from medcloud.db import Database

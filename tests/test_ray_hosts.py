@@ -18,20 +18,31 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from builders import create_dataset, create_experiment, manifest_entries
 from conftest import make_api
-from guides import create_key, guide_cells, medcloud_serve, requires_guides, substitute
+from guides import ORG as GUIDE_ORG
+from guides import (
+    bundle_server_fixture,  # noqa: F401  (the fixture `bundle_server`: the guide's bundle, served over HTTP)
+    create_key,
+    guide_cells,
+    medcloud_serve,
+    requires_guides,
+    substitute,
+)
 from helpers import dice, multipart_parts, nifti_array, nrrd_voxels, wait_for
+from ray_replicas import (
+    app_name,
+    driver,  # noqa: F401  (the module's Ray driver, an autouse fixture)
+    ray_settings,
+    replica_info,
+)
 from services import AZURITE_ACCOUNT, upload_folder_to_azure
-from test_guide_000 import ORG as GUIDE_ORG
-from test_guide_000 import bundle_server  # noqa: F401  (the guide's bundle, served over HTTP)
-from test_realtime_inference import create_dataset, create_experiment, manifest_entries
 
 from medcloud.errors import Unavailable
 
@@ -46,38 +57,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from medcloud.demo.synthetic import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("ray-dataset") / "dataset", n_ct=2, n_rgb=0).parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def driver() -> Iterator[None]:
-    """The test process is the Ray driver of every app built here: a MEDCLOUD_* secret in its environment
-    must not reach a replica, and it disconnects before the session's cluster stops."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDCLOUD_PROBE_SECRET", "must-not-reach-a-replica")
-        yield
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-def ray_settings(cluster: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "ray_address": cluster.address,
-        "ray_shared_dir": cluster.shared_dir,
-        "ray_cpus_per_replica": 0.25,  # the cluster has 2 CPUs; the other engineers' tests use it too
-        "ray_gpus_per_replica": 0.5,
-        "allow_expression_overrides": True,  # the held requests' bundle_params
-        "host_start_timeout_s": 300,
-        **extra,
-    }
-
-
-def app_name(experiment_id: str) -> str:
-    return f"medcloud-{experiment_id}"
-
-
-def replica_info(experiment_id: str) -> dict[str, Any]:
-    """One replica's own account (pid, GPU, weights, environment), asked through Serve like any request."""
-    return json.loads(serve.get_app_handle(app_name(experiment_id)).info.remote().result(timeout_s=120))
 
 
 def parent_of(pid: int) -> int:
@@ -337,7 +316,7 @@ def test_guide_000_runs_as_written_against_medcloud_serve_on_ray(
     ray_cluster,
     azurite,
     local_dataset,
-    bundle_server,  # noqa: F811
+    bundle_server,
     tmp_path,
     monkeypatch,
 ):

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from builders import job, seg_experiment, start, wait_status
 from conftest import Api, make_api
 from helpers import wait_for
 from ray_cluster import RayCluster
-from test_jobs import job, seg_experiment, start, wait_status
 
 pytest.importorskip("ray", reason="Ray is the optional `ray` extra (pip install medcloud[ray])")
 

@@ -2,47 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 
 import numpy as np
 import pytest
+from builders import create_dataset, create_experiment, manifest_entries
 from helpers import csv_rows, dice, multipart_parts, nifti_array, nrrd_voxels, wait_for
-
-
-def create_dataset(api, root, user="alice"):
-    resp = api.post(
-        "datasets",
-        user=user,
-        json={
-            "name": "local",
-            "type": "semantic_segmentation",
-            "format": "monai",
-            "client_url": str(root),
-        },
-    )
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"]
-
-
-def create_experiment(api, dataset_id, bundle_zip, **extra):
-    body = {
-        "name": "rt",
-        "network_arch": "monai_custom",
-        "train_datasets": [dataset_id],
-        "eval_dataset": dataset_id,
-        "realtime_infer": True,
-        "bundle_url": f"file://{bundle_zip}",
-        **extra,
-    }
-    resp = api.post("experiments", json=body)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-def manifest_entries(root):
-    return json.loads((root / "manifest.json").read_text())["data"]
 
 
 def test_segmentation_inference_returns_raw_nrrd_on_the_original_grid(api, local_dataset, demo_zips):

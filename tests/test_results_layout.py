@@ -9,9 +9,9 @@ import tarfile
 import uuid
 
 import pytest
+from builders import seg_experiment, start, wait_status
 from conftest import make_api
 from services import s3_client
-from test_jobs import seg_experiment, start, wait_status
 
 from medcloud.jobs.ticket import JobTicket, ResultsTarget
 

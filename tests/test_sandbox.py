@@ -17,132 +17,19 @@ import socket
 import tarfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 import pytest
+from builders import create_dataset
 from conftest import make_api
 from helpers import wait_for
-from probe_bundle import make_probe_bundle
-from test_realtime_inference import create_dataset, create_experiment, manifest_entries
-
-from medcloud.demo.bundles import pack_bundle
+from sandbox_scene import Scene, read_probe, refused, scene, sees_only_mount_points
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the hostile-bundle suite runs the server as root, as deployed"
 )
 SECRET = "s" * 40
-
-
-@dataclass
-class Scene:
-    """A server as root, a victim experiment, listeners standing for the API and PostgreSQL, and the probe."""
-
-    api: object
-    data: Path
-    dataset: str
-    image_id: str
-    victim_file: Path
-    listeners: list[socket.socket]
-    tmp: Path
-
-    def config(self, mode: str, **extra: object) -> dict:
-        return {
-            "mode": mode,
-            "data_dir": str(self.data),
-            "victim_file": str(self.victim_file),
-            "server_pid": os.getpid(),
-            "api_port": self.listeners[0].getsockname()[1],
-            "postgres_port": self.listeners[1].getsockname()[1],
-            "marker": str(self.tmp / f"pickle-ran-{uuid.uuid4().hex}"),
-            **extra,
-        }
-
-    def probe_experiment(self, base: Path, config: dict, *, realtime: bool) -> str:
-        resp = self.create_probe(base, config, realtime=realtime)
-        assert resp.status_code == 201, resp.text
-        return resp.json()["id"]
-
-    def create_probe(self, base: Path, config: dict, *, realtime: bool):
-        probe = make_probe_bundle(base, self.tmp / uuid.uuid4().hex, config)
-        body = {
-            "name": f"probe-{config['mode']}",
-            "network_arch": "monai_custom",
-            "train_datasets": [self.dataset],
-            "realtime_infer": realtime,
-            "bundle_url": f"file://{pack_bundle(probe, probe.parent, 'zip')}",
-        }
-        return self.api.post("experiments", user="bob", json=body)
-
-    def infer(self, exp_id: str):
-        return self.api.post(
-            f"experiments/{exp_id}/jobs", user="bob", json={"action": "inference", "specs": {"image": self.image_id}}
-        )
-
-    def train(self, exp_id: str) -> str:
-        resp = self.api.post(
-            f"experiments/{exp_id}/jobs", user="bob", json={"action": "train", "specs": {"train#trainer#max_epochs": 1}}
-        )
-        assert resp.status_code == 201, resp.text
-        job_id = resp.json()
-        wait_for(
-            lambda: (
-                self.api.get(f"experiments/{exp_id}/jobs/{job_id}", user="bob").json()["status"] in ("Done", "Error")
-            ),
-            timeout=300,
-            what="the train job to end",
-        )
-        return job_id
-
-    def master_key(self) -> str:
-        return (self.data / "secret.key").read_text().strip()
-
-    def nothing_connected(self) -> bool:
-        return not select.select(self.listeners, [], [], 0)[0]
-
-    def planted(self) -> list[Path]:
-        return sorted(self.data.glob("planted-*"))
-
-
-@contextmanager
-def scene(tmp: Path, dataset_root: Path, demo_bundles: dict[str, Path], **settings: object) -> Iterator[Scene]:
-    listeners = []
-    for _ in range(2):
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        listeners.append(listener)
-    try:
-        with make_api(tmp / "data", bundle_allow_local_paths=True, **settings) as api:
-            dataset = create_dataset(api, dataset_root)
-            victim = create_experiment(api, dataset, pack_bundle(demo_bundles["segmentation"], tmp, "zip"))
-            victim_file = tmp / "data" / "experiments" / victim["id"] / "bundle" / "configs" / "metadata.json"
-            assert victim_file.exists()
-            bob_dataset = create_dataset(api, dataset_root, user="bob")
-            image_id = manifest_entries(dataset_root)[0]["image"]["id"]
-            yield Scene(api, tmp / "data", bob_dataset, image_id, victim_file, listeners, tmp)
-    finally:
-        for listener in listeners:
-            listener.close()
-
-
-def _probe(path: Path) -> dict:
-    return json.loads(wait_for(lambda: path.exists() and path.read_text(), timeout=240, what=str(path)))
-
-
-def _refused(report: dict, *names: str) -> None:
-    for name in names:
-        assert not report[name].startswith("ok"), (name, report[name])
-
-
-def _sees_only_mount_points(report: dict) -> None:
-    """The data dir inside the sandbox holds only the empty folders bwrap made to mount the model's own
-    folders on: no key, no database, no cache, no other experiment's folder."""
-    listing = report["list_data"]
-    if listing.startswith("ok:"):
-        assert set(listing[3:].split(",")) <= {"hosts", "experiments", "jobs"}, listing
 
 
 # -- the model host ---------------------------------------------------------------------------------------
@@ -160,7 +47,7 @@ def host_attack(tmp_path_factory, demo_bundles, monkeypatch_module) -> Iterator[
     with scene(tmp, dataset_root, demo_bundles) as s:
         exp_id = s.probe_experiment(demo_bundles["segmentation"], s.config("report"), realtime=True)
         answer = s.infer(exp_id)
-        report = _probe(s.data / "hosts" / exp_id / "out" / "probe.json")
+        report = read_probe(s.data / "hosts" / exp_id / "out" / "probe.json")
         yield s, exp_id, report, answer
 
 
@@ -178,35 +65,35 @@ def test_host_code_runs_as_its_own_uid_with_an_allow_listed_environment(host_att
 
 def test_host_code_reads_no_server_file(host_attack):
     _s, _exp, report, _answer = host_attack
-    _refused(report, "secret_key", "database", "list_cache", "host_log")
-    _sees_only_mount_points(report)
+    refused(report, "secret_key", "database", "list_cache", "host_log")
+    sees_only_mount_points(report)
 
 
 def test_host_code_reads_no_other_experiment(host_attack):
     _s, _exp, report, _answer = host_attack
-    _refused(report, "other_experiment")
+    refused(report, "other_experiment")
 
 
 def test_host_code_sees_no_server_process(host_attack):
     _s, _exp, report, _answer = host_attack
-    _refused(report, "parent_environ", "server_environ")
+    refused(report, "parent_environ", "server_environ")
 
 
 def test_host_code_cannot_write_its_bundle(host_attack):
     s, exp_id, report, _answer = host_attack
-    _refused(report, "write_bundle")
+    refused(report, "write_bundle")
     assert not (s.data / "experiments" / exp_id / "bundle" / "planted.py").exists()
 
 
 def test_host_code_has_no_network(host_attack):
     s, _exp, report, _answer = host_attack
-    _refused(report, "tcp_api", "tcp_postgres", "tcp_metadata")
+    refused(report, "tcp_api", "tcp_postgres", "tcp_metadata")
     assert s.nothing_connected()
 
 
 def test_host_code_cannot_hard_link_the_master_key(host_attack):
     s, _exp, report, _answer = host_attack
-    _refused(report, "link_secret")
+    refused(report, "link_secret")
     key = (s.data / "secret.key").stat()
     assert key.st_nlink == 1 and key.st_mode & 0o777 == 0o600
 
@@ -253,13 +140,13 @@ def test_fork_bomb_and_memory_hog_hit_their_limits_and_the_server_serves_on(tmp_
     with scene(tmp_path, local_dataset, demo_bundles, **limits) as s:
         bomb = s.probe_experiment(demo_bundles["segmentation"], s.config("forkbomb", forks=600), realtime=True)
         s.infer(bomb)
-        report = _probe(s.data / "hosts" / bomb / "out" / "probe.json")
+        report = read_probe(s.data / "hosts" / bomb / "out" / "probe.json")
         assert report["forks"] < 300 and report["fork_failure"] == "BlockingIOError:11", report
         hog = s.probe_experiment(
             demo_bundles["segmentation"], s.config("memory", hog_bytes=12 * 1024**3), realtime=True
         )
         s.infer(hog)
-        report = _probe(s.data / "hosts" / hog / "out" / "probe.json")
+        report = read_probe(s.data / "hosts" / hog / "out" / "probe.json")
         assert report["memory"] == "MemoryError", report
         assert s.api.client.get("/api/v1/health/liveness").json()["status"] == "ok"
 
@@ -277,27 +164,27 @@ def job_attack(tmp_path_factory, demo_bundles) -> Iterator[tuple[Scene, str, str
         tag = f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6}"
         exp_id = s.probe_experiment(demo_bundles["segmentation"], s.config("detach", detach_tag=tag), realtime=False)
         job_id = s.train(exp_id)
-        report = _probe(s.data / "jobs" / job_id / "model" / "probe.json")
+        report = read_probe(s.data / "jobs" / job_id / "model" / "probe.json")
         report["tag"] = tag
         yield s, exp_id, job_id, report
 
 
 def test_job_code_cannot_read_its_ticket_and_the_worker_deleted_it(job_attack):
     s, _exp, job_id, report = job_attack
-    _refused(report, "ticket")
+    refused(report, "ticket")
     assert not (s.data / "jobs" / job_id / "ticket.json").exists()
 
 
 def test_job_code_reads_no_server_file_and_no_other_experiment(job_attack):
     _s, _exp, _job, report = job_attack
-    _refused(report, "secret_key", "database", "list_cache", "other_experiment", "link_secret")
-    _sees_only_mount_points(report)
+    refused(report, "secret_key", "database", "list_cache", "other_experiment", "link_secret")
+    sees_only_mount_points(report)
     assert report["env"] == []
 
 
 def test_job_code_has_no_network(job_attack):
     s, _exp, _job, report = job_attack
-    _refused(report, "tcp_api", "tcp_postgres", "tcp_metadata")
+    refused(report, "tcp_api", "tcp_postgres", "tcp_metadata")
     assert s.nothing_connected()
 
 

@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_ray_hosts import driver, ray_settings, replica_info  # noqa: F401  (driver: the module's Ray driver)
-from test_sandbox import _probe, _refused, _sees_only_mount_points, scene
+from ray_replicas import (
+    driver,  # noqa: F401  (the module's Ray driver, an autouse fixture)
+    ray_settings,
+    replica_info,
+)
+from sandbox_scene import read_probe, refused, scene, sees_only_mount_points
 
 ray = pytest.importorskip("ray", reason="Ray is the optional `ray` extra (pip install medcloud[ray])")
 from ray import serve  # noqa: E402
@@ -42,7 +46,7 @@ def ray_attack(tmp_path_factory, demo_bundles, ray_cluster) -> Iterator[tuple[An
         exp_id = s.probe_experiment(demo_bundles["segmentation"], config, realtime=True)
         answer = s.infer(exp_id)
         info = replica_info(exp_id)
-        report = _probe(Path(info["host_folder"]) / "out" / "probe.json")
+        report = read_probe(Path(info["host_folder"]) / "out" / "probe.json")
         yield s, exp_id, report, answer, info
 
 
@@ -63,14 +67,14 @@ def _sees_only_shared_mount_points(report: dict) -> None:
 
 def test_model_code_on_ray_reads_no_shared_folder_no_other_bundle_and_no_server_file(ray_attack):
     _s, _exp, report, _answer, _info = ray_attack
-    _refused(report, "other_experiment", "secret_key", "database", "list_cache")
-    _sees_only_mount_points(report)
+    refused(report, "other_experiment", "secret_key", "database", "list_cache")
+    sees_only_mount_points(report)
     _sees_only_shared_mount_points(report)
 
 
 def test_model_code_on_ray_reaches_neither_the_cluster_nor_the_api(ray_attack):
     s, _exp, report, _answer, _info = ray_attack
-    _refused(report, "tcp_gcs", "tcp_jobs_api", "tcp_api", "tcp_postgres", "tcp_metadata")
+    refused(report, "tcp_gcs", "tcp_jobs_api", "tcp_api", "tcp_postgres", "tcp_metadata")
     assert s.nothing_connected()
 
 
@@ -99,7 +103,7 @@ def test_a_ray_train_job_cannot_read_its_ticket_and_has_no_network(ray_attack, d
     job_id = s.train(exp_id)
     job_dir = ray_cluster.shared_dir / "jobs" / job_id
     report = json.loads((job_dir / "model" / "probe.json").read_text())
-    _refused(report, "ticket", "tcp_gcs", "tcp_jobs_api", "tcp_metadata", "secret_key")
+    refused(report, "ticket", "tcp_gcs", "tcp_jobs_api", "tcp_metadata", "secret_key")
     _sees_only_shared_mount_points(report)
     assert not (job_dir / "ticket.json").exists()
     assert s.nothing_connected()

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from builders import create_dataset, create_experiment, manifest_entries
 from conftest import make_api
 from helpers import csv_rows, multipart_parts
-from test_realtime_inference import create_dataset, create_experiment, manifest_entries
 
 LOAD_S = 4  # the bundle's own `initialize` sleeps this long, on top of importing MONAI and loading weights
 REQUEST_TIMEOUT_S = 2

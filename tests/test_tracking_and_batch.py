@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 
-from test_jobs import seg_experiment, start, wait_status
+from builders import seg_experiment, start, wait_status
 
 
 def test_train_job_logs_params_and_per_epoch_metrics_to_mlflow(api, local_dataset, demo_zips, mlflow_url):

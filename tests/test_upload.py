@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from builders import REPO, make_dataset_folder, server_image_ids
 from services import AZURITE_ACCOUNT, AzuriteInfo, MotoInfo, s3_client
-from test_manifest_builder import REPO, make_dataset_folder
 
 from medcloud.client.manifest import build_manifest
 from medcloud.client.upload import Credentials, UploadInputError, upload_folder
@@ -66,18 +66,12 @@ def _local(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _dataset_image_ids(api, dataset_id: str) -> set[str]:  # noqa: ANN001
-    from test_manifest_builder import _server_image_ids
-
-    return _server_image_ids(api, dataset_id)
-
-
 def _assert_dataset_serves(api, body: dict, manifest: dict) -> None:  # noqa: ANN001
     """A dataset created from `body` lists exactly the manifest's images and reads its DICOM series."""
     resp = api.post("datasets", json={"name": "uploaded", **body})
     assert resp.status_code == 201, resp.text
     dataset_id = resp.json()["id"]
-    assert _dataset_image_ids(api, dataset_id) == {e["image"]["id"] for e in manifest["data"]}
+    assert server_image_ids(api, dataset_id) == {e["image"]["id"] for e in manifest["data"]}
     ct1 = next(e["image"]["id"] for e in manifest["data"] if e["image"]["path"][0].startswith("imagesTr/ct1/"))
     volume = api.get(f"datasets/{dataset_id}/images/{ct1}/volume")
     assert volume.status_code == 200, volume.text

@@ -13,13 +13,10 @@ from pathlib import Path
 import pytest
 from browser import browser
 from helpers import dice
-from test_viewer_e2e import Client
-from viewer_driver import ViewerDriver
+from viewer_driver import ORG, Client, ViewerDriver
 
 from medcloud.devserver import create_key, medcloud_serve
 from medcloud.families.deepedit.demo import deepedit_ct_volume
-
-ORG = "viewer-org"
 
 
 @pytest.fixture(scope="module")

@@ -21,37 +21,16 @@ from browser import browser
 from dicom_data import store_ct, store_seg
 from dicomweb_client.api import DICOMwebClient
 from helpers import dice, wait_for
-from viewer_driver import ViewerDriver
+from viewer_driver import ORG, Client, ViewerDriver
 
 from medcloud.demo.synthetic import stable_id, write_synthetic_ct
 from medcloud.devserver import create_key, medcloud_serve
 from medcloud.imaging.seg import seg_to_labels
 from medcloud.imaging.series import read_series
 
-ORG = "viewer-org"
 LABELS = {"1": "liver", "3": "spleen"}
 SPLEEN = 3
 SHAPE = (48, 48, 40)  # small: class prompts run the small VISTA-3D over every window on CPU
-
-
-class Client:
-    """The API as a script would call it, next to the browser (set-up and read-back only)."""
-
-    def __init__(self, url: str, key: str) -> None:
-        token = httpx.post(f"{url}/api/v1/login", json={"ngc_api_key": key}).json()["token"]
-        self.http = httpx.Client(
-            base_url=f"{url}/api/v1/orgs/{ORG}/", headers={"Authorization": f"Bearer {token}"}, timeout=300
-        )
-
-    def post(self, path: str, body: dict) -> dict | str:
-        resp = self.http.post(path, json=body)
-        assert resp.status_code == 201, resp.text
-        return resp.json()
-
-    def get(self, path: str) -> dict:
-        resp = self.http.get(path)
-        assert resp.status_code == 200, resp.text
-        return resp.json()
 
 
 def _write_ct_dataset(root: Path) -> dict[str, np.ndarray]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from builders import annotate_round, dataset_for, wait_status
 from dicom_data import store_ct, store_seg
 from helpers import dice, multipart_parts, nrrd_voxels
-from test_annotation import annotate_round, dataset_for
-from test_jobs import wait_status
 
 GUIDE_LABELS = {"1": "liver", "2": "kidney", "3": "spleen", "4": "pancreas", "5": "right kidney"}
 

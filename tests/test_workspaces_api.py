@@ -6,8 +6,8 @@ import json
 import sqlite3
 
 import pytest
+from builders import create_dataset
 from services import AZURITE_ACCOUNT, s3_client
-from test_realtime_inference import create_dataset
 
 UNKNOWN = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 

@@ -2,7 +2,8 @@
 
 Used by the end-to-end viewer tests and by bench/viewer_speed.py. Every action goes through the
 page (clicks on buttons, keys, real mouse clicks and drags on the WebGL canvas); reads go through
-`window.medcloudViewer` and the requests the page sent.
+`window.medcloudViewer` and the requests the page sent. `Client` is the API next to the browser, for
+the tests' set-up and read-back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import numpy as np
+
+ORG = "viewer-org"  # the org the viewer tests' keys are made for and the annotator signs in to
 
 # In-page helpers: the native-order label volume, and the canvas pixel that shows a native voxel.
 _NATIVE_LABELS = """
@@ -56,6 +60,26 @@ async ({voxel}) => {
   return null;
 }
 """
+
+
+class Client:
+    """The API as a script would call it, next to the browser (set-up and read-back only)."""
+
+    def __init__(self, url: str, key: str) -> None:
+        token = httpx.post(f"{url}/api/v1/login", json={"ngc_api_key": key}).json()["token"]
+        self.http = httpx.Client(
+            base_url=f"{url}/api/v1/orgs/{ORG}/", headers={"Authorization": f"Bearer {token}"}, timeout=300
+        )
+
+    def post(self, path: str, body: dict) -> dict | str:
+        resp = self.http.post(path, json=body)
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+    def get(self, path: str) -> dict:
+        resp = self.http.get(path)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
 
 
 @dataclass

@@ -125,6 +125,7 @@ def create_app(
 
     @app.get("/api/v1/health/readiness")
     def readiness() -> dict:
-        return {"status": "ok", "version": __version__, "model_sandbox": ctx.sandbox.describe()}
+        ready = {"status": "ok", "version": __version__, "model_sandbox": ctx.sandbox.describe()}
+        return ready if ctx.demo is None else {**ready, "demo": ctx.demo.report()}
 
     return app

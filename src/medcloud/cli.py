@@ -38,17 +38,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     demo = settings.demo and not args.no_demo
     startup = []
     if demo:
-        from medcloud.demo.annotation import serve_annotation_demo
-        from medcloud.demo.setup import with_demo_local_paths, with_demo_models
+        from medcloud.demo.setup import with_demo_local_paths
 
-        settings = with_demo_models(settings, out=sys.stdout)  # unless the operator configured one
         settings = with_demo_local_paths(settings)  # the demo org's datasets are folders in data/demo
-        startup.append(serve_annotation_demo)
     ctx = Context.build(settings)
-    if demo:
-        from medcloud.demo.setup import prepare_demo
+    if demo:  # the server answers at once; the demo is trained and set up meanwhile (progress in /health)
+        from medcloud.demo.background import DemoProgress, prepare_demo_in_background
 
-        prepare_demo(ctx, out=sys.stdout)
+        ctx.demo = DemoProgress()
+        startup.append(prepare_demo_in_background)
     uvicorn.run(create_app(context=ctx, startup=startup), host=settings.host, port=settings.port, log_level="info")
     return 0
 

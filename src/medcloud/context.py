@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from medcloud.config import Settings
 from medcloud.db import Database
@@ -12,11 +13,17 @@ from medcloud.pools import Pools
 from medcloud.secrets import SecretBox, derive_key, load_master_secret
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from medcloud.demo.background import DemoProgress
     from medcloud.execution.base import HostBackend, JobBackend
     from medcloud.jobs.runner import Scheduler
     from medcloud.learning.hub import LearningHub
     from medcloud.sandbox import Sandbox
     from medcloud.sources.cache import ImageCache
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,6 +43,7 @@ class Context:
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="medcloud-bg")
     )
     pools: Pools = field(default=None)  # type: ignore[assignment]  # one bounded pool per kind of blocking work
+    demo: DemoProgress | None = None  # `medcloud serve` with the demo: its background preparation
 
     def __post_init__(self) -> None:
         if self.pools is None:
@@ -70,6 +78,15 @@ class Context:
             jobs=choose.job_backend(settings),
             pools=pools,
         )
+
+    async def in_session(self, work: Callable[[Session], T]) -> T:
+        """`work(session)` in one DB session (committed when it returns), in the `db` pool: never on the loop."""
+
+        def run() -> T:
+            with self.db.session() as session:
+                return work(session)
+
+        return await self.pools.run("db", run)
 
     def close(self) -> None:
         self.background.shutdown(wait=False, cancel_futures=True)

@@ -10,11 +10,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from medcloud.bundles.fetch import BundleError, fetch_bundle
 from medcloud.config import Settings
-from medcloud.errors import Invalid
+from medcloud.errors import Invalid, MedcloudError, Unavailable
+
+if TYPE_CHECKING:
+    from medcloud.context import Context
 
 REQUIRED = ("configs/inference.json", "configs/metadata.json", "models/model.pt")
 
@@ -27,6 +31,19 @@ class ConfiguredBundle:
     field: str  # the Settings field, e.g. vista3d_bundle
     folder: str  # cache folder under data_dir
     what: str  # e.g. "a VISTA-3D bundle"
+    weights: str  # e.g. "VISTA-3D weights"
+
+    def not_configured(self, ctx: Context) -> MedcloudError:
+        """Why a real-time experiment of this family cannot be made yet: the demo still trains, or no setting."""
+        if ctx.demo is not None and ctx.demo.preparing:
+            return Unavailable(
+                f"The demo's {self.weights} are still being prepared (GET /api/v1/health/readiness shows the "
+                "progress): try again in a few minutes."
+            )
+        return Invalid(
+            f"{self.weights} are not configured on this server: set {self.setting} to the URL or path of "
+            f"{self.what} in the official layout (zip or folder) and restart medcloud."
+        )
 
 
 def ensure_configured_bundle(settings: Settings, bundle: ConfiguredBundle) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -21,22 +22,29 @@ log = logging.getLogger(__name__)
 
 
 def fetch_cached(
-    ctx: Context, *, dataset_id: str, image_id: str, source: DataSource | None, ttl_s: int | None = None
+    ctx: Context,
+    *,
+    dataset_id: str,
+    image_id: str,
+    source: DataSource | None = None,
+    opener: Callable[[], DataSource] | None = None,
+    ttl_s: int | None = None,
 ) -> list[Path]:
     """Local files of the image: from the cache, else fetched once through `source` (blocking).
 
-    The cache is shared by every user and keyed by ids clients send: `dataset_id` must be one whose
-    ownership the caller has already checked (as the dataset actions and `realtime.resolve_image` do).
+    `opener` instead of `source`: the source is opened (and may check the image id) only on a miss. The cache
+    is looked up once. It is shared by every user and keyed by ids clients send: `dataset_id` must be one
+    whose ownership the caller has already checked (as the dataset actions and `realtime.resolve_image` do).
     A volume over `MEDCLOUD_MAX_VOXELS` (read from its headers) is refused before it enters the cache.
     """
-    hit = ctx.cache.lookup(dataset_id, image_id)
-    if hit is not None:
+    if source is None and opener is None:
+        hit = ctx.cache.lookup(dataset_id, image_id)
+        if hit is None:
+            raise Invalid(f"Image {image_id} is not cached and its dataset cannot be read.")
         return hit
-    if source is None:
-        raise Invalid(f"Image {image_id} is not cached and its dataset cannot be read.")
-    opened = source
 
     def fetch(dest: Path) -> list[Path]:
+        opened = source if source is not None else opener()  # type: ignore[misc]
         files = opened.fetch(image_id, dest)
         voxels.check_files(files, ctx.settings.max_voxels, what=f"Image {image_id}")
         return files

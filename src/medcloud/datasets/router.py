@@ -8,6 +8,7 @@ from functools import partial
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
 
 from medcloud.api import openapi
 from medcloud.api.body import parse_body
@@ -76,7 +77,7 @@ async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JS
             filters=body.filters,
             verify=True,
         )
-        with ctx.db.session() as session:
+        with ctx.db.session() as session:  # in the storage pool: the checks above read the disk and the network
             out = service.create(session, org=caller.org, user_id=caller.user_id, body=body, kind=kind, box=ctx.box)
             return out.model_dump(mode="json")
 
@@ -85,24 +86,20 @@ async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JS
 
 @router.get("", openapi_extra=openapi.listing(), responses=openapi.ok(200, DatasetList))
 async def list_datasets(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
-    def run() -> list[dict]:
-        with ctx.db.session() as session:
-            rows = service.list_all(session, org=caller.org, user_id=caller.user_id)
-            return [d.model_dump(mode="json") for d in rows]
+    def listing(session: Session) -> list[dict]:
+        return [d.model_dump(mode="json") for d in service.list_all(session, org=caller.org, user_id=caller.user_id)]
 
-    return apply_list_params(request, await ctx.pools.run("db", run), "datasets")
+    return apply_list_params(request, await ctx.in_session(listing), "datasets")
 
 
 @router.get("/{dataset_id}", responses=openapi.ok(200, DatasetOut))
 async def get_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     did = checked_uuid(dataset_id, "Dataset")
 
-    def run() -> dict:
-        with ctx.db.session() as session:
-            row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
-            return service.to_out(row).model_dump(mode="json")
+    def get(session: Session) -> dict:
+        return service.to_out(_owned(session, caller, did)).model_dump(mode="json")
 
-    return await ctx.pools.run("db", run)
+    return await ctx.in_session(get)
 
 
 @router.patch("/{dataset_id}", openapi_extra=openapi.body(DatasetPatch), responses=openapi.ok(200, DatasetOut))
@@ -110,26 +107,23 @@ async def patch_dataset(dataset_id: str, request: Request, caller: CallerDep, ct
     did = checked_uuid(dataset_id, "Dataset")
     body = await parse_body(request, DatasetPatch)
 
-    def run() -> dict:
-        with ctx.db.session() as session:
-            row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
-            return service.patch(session, row=row, body=body).model_dump(mode="json")
+    def patch(session: Session) -> dict:
+        return service.patch(session, row=_owned(session, caller, did), body=body).model_dump(mode="json")
 
-    return await ctx.pools.run("db", run)
+    return await ctx.in_session(patch)
 
 
 @router.delete("/{dataset_id}", responses=openapi.ok(200, DatasetOut))
 async def delete_dataset(dataset_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     did = checked_uuid(dataset_id, "Dataset")
 
-    def run() -> dict:
-        with ctx.db.session() as session:
-            row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=did)
-            out = service.delete(session, row=row, users=experiments.names_using_dataset(session, dataset_id=did))
-        ctx.cache.drop_dataset(did)
-        return out.model_dump(mode="json")
+    def delete(session: Session) -> dict:
+        users = experiments.names_using_dataset(session, dataset_id=did)
+        return service.delete(session, row=_owned(session, caller, did), users=users).model_dump(mode="json")
 
-    return await ctx.pools.run("db", run)
+    out = await ctx.in_session(delete)
+    await ctx.pools.run("files", ctx.cache.drop_dataset, did)
+    return out
 
 
 @router.post(
@@ -142,21 +136,14 @@ async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, c
     did = checked_uuid(dataset_id, "Dataset")
     job = await parse_body(request, DatasetJob)
 
-    owner = {"org": caller.org, "user_id": caller.user_id, "dataset_id": did}
-
-    def owned() -> Dataset:
-        with ctx.db.session() as session:
-            return service.get_row(session, **owner)
-
-    def notify() -> dict:
-        with ctx.db.session() as session:
-            return actions.notify(ctx, session=session, row=service.get_row(session, **owner), specs=job.specs)
+    def notify(session: Session) -> dict:
+        return actions.notify(ctx, session=session, row=_owned(session, caller, did), specs=job.specs)
 
     if job.action == DatasetAction.NOTIFY:
-        content = await ctx.pools.run("db", notify)
+        content = await ctx.in_session(notify)
     else:
         # Ownership first, in the DB pool; then the storage reads, holding no DB connection while they wait.
-        row = await ctx.pools.run("db", owned)
+        row = await ctx.in_session(lambda session: _owned(session, caller, did))
         if job.action == DatasetAction.CACHEIMAGE:
             content = await ctx.pools.run("storage", actions.cacheimage, ctx, row=row, specs=job.specs)
         else:
@@ -177,25 +164,23 @@ async def _nrrd_response(body: volumes.NrrdBody) -> StreamingResponse:
 
 
 def _owned_with_labels(
-    ctx: CtxDep, caller: CallerDep, *, dataset_id: str, experiment_id: str | None
+    session: Session, caller: CallerDep, *, dataset_id: str, experiment_id: str | None
 ) -> tuple[Dataset, dict[str, str] | None]:
     """The caller's dataset and, when an experiment is named, the caller's experiment's labels (404 if not theirs)."""
-    with ctx.db.session() as session:
-        row = service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=dataset_id)
-        if experiment_id is None:
-            if row.source_kind == "dicomweb":
-                raise Invalid(
-                    "Invalid Input. `experiment_id` is required for a DICOMweb dataset: the experiment's "
-                    "model_params.labels name the DICOM SEG's segments."
-                )
-            return row, None
-        exp = experiments.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=experiment_id)
-        return row, {str(k): str(v) for k, v in ((exp.model_params or {}).get("labels") or {}).items()}
+    row = _owned(session, caller, dataset_id)
+    if experiment_id is None:
+        if row.source_kind == "dicomweb":
+            raise Invalid(
+                "Invalid Input. `experiment_id` is required for a DICOMweb dataset: the experiment's "
+                "model_params.labels name the DICOM SEG's segments."
+            )
+        return row, None
+    exp = experiments.get_row(session, org=caller.org, user_id=caller.user_id, experiment_id=experiment_id)
+    return row, {str(k): str(v) for k, v in ((exp.model_params or {}).get("labels") or {}).items()}
 
 
-def _owned(ctx: CtxDep, caller: CallerDep, dataset_id: str) -> Dataset:
-    with ctx.db.session() as session:
-        return service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=dataset_id)
+def _owned(session: Session, caller: CallerDep, dataset_id: str) -> Dataset:
+    return service.get_row(session, org=caller.org, user_id=caller.user_id, dataset_id=dataset_id)
 
 
 def _experiment_id(request: Request) -> str | None:
@@ -207,7 +192,7 @@ def _experiment_id(request: Request) -> str | None:
 async def image_volume(dataset_id: str, image_id: str, caller: CallerDep, ctx: CtxDep) -> StreamingResponse:
     """The image as raw NRRD: the header and voxel order of the segmentation outputs; int16 or float32."""
     did = checked_uuid(dataset_id, "Dataset")
-    row = await ctx.pools.run("db", _owned, ctx, caller, did)
+    row = await ctx.in_session(lambda session: _owned(session, caller, did))
     files, _source = await ctx.pools.run("storage", volumes.image_files, ctx, row, image_id)
 
     def convert() -> volumes.NrrdBody:
@@ -228,7 +213,7 @@ async def image_label(
     """The image's current label as raw uint8 NRRD on the image's grid; 404 when it has none."""
     did = checked_uuid(dataset_id, "Dataset")
     eid = _experiment_id(request)
-    row, names = await ctx.pools.run("db", _owned_with_labels, ctx, caller, dataset_id=did, experiment_id=eid)
+    row, names = await ctx.in_session(partial(_owned_with_labels, caller=caller, dataset_id=did, experiment_id=eid))
     body = await ctx.pools.run("storage", volumes.label_nrrd, ctx, row, image_id, names)
     return await _nrrd_response(body)
 
@@ -253,7 +238,7 @@ async def save_image_label(
     if not gate.try_acquire():
         raise HTTPException(503, gate.busy_message(), headers={"Retry-After": str(label_locks.RETRY_AFTER_S)})
     try:
-        row, names = await ctx.pools.run("db", _owned_with_labels, ctx, caller, dataset_id=did, experiment_id=eid)
+        row, names = await ctx.in_session(partial(_owned_with_labels, caller=caller, dataset_id=did, experiment_id=eid))
         body = await request.body()  # capped by MEDCLOUD_MAX_LABEL_BODY_BYTES (api/limits.py)
         if not body:
             raise Invalid("Invalid Input. The body must be an NRRD of the label volume; it is empty.")
@@ -261,11 +246,9 @@ async def save_image_label(
             "storage", labels.save_label, ctx, row=row, image_id=image_id, body=body, labels=names
         )
 
-        def record() -> None:
-            with ctx.db.session() as session:
-                labels.record(ctx, session=session, row=service.get_row(session, **_owner(caller, did)), saved=saved)
-
-        await ctx.pools.run("db", record)
+        await ctx.in_session(
+            lambda session: labels.record(ctx, session=session, row=_owned(session, caller, did), saved=saved)
+        )
     finally:
         gate.release()
     if ctx.hub is not None:
@@ -279,7 +262,3 @@ def _label_gate(request: Request, ctx: CtxDep) -> label_locks.SaveGate:
     if gate is None:
         gate = request.app.state.label_saves = label_locks.SaveGate(ctx.settings.max_label_saves)
     return gate
-
-
-def _owner(caller: CallerDep, dataset_id: str) -> dict[str, str]:
-    return {"org": caller.org, "user_id": caller.user_id, "dataset_id": dataset_id}

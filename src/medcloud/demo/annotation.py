@@ -234,10 +234,9 @@ def _prepare_on_this_server(ctx: Context) -> AnnotationDemo:
         )
 
 
-async def serve_annotation_demo(ctx: Context) -> None:
-    """Started with the app by `medcloud serve`: prepare the annotation demo on this server, off the event loop.
-
-    The server answers meanwhile; the viewer shows the model loading until the experiment's host is up.
+async def serve_annotation_demo(ctx: Context) -> bool:
+    """Prepare the annotation demo on this running server, off the event loop (`medcloud serve`, once the demo
+    models are ready); False when it failed (logged). The viewer shows the model loading until its host is up.
     """
     started = time.monotonic()
     log.info(
@@ -250,7 +249,7 @@ async def serve_annotation_demo(ctx: Context) -> None:
         demo = await asyncio.to_thread(_prepare_on_this_server, ctx)
     except Exception:
         log.exception("Annotation demo: set-up failed; the viewer works, without the demo experiment")
-        return
+        return False
     log.info(
         "Annotation demo ready in %.0f s: experiment %s (%s), annotation job %s, datasets %s and %s%s",
         time.monotonic() - started,
@@ -261,3 +260,4 @@ async def serve_annotation_demo(ctx: Context) -> None:
         demo.eval_dataset_id,
         f"; created {', '.join(demo.created)}" if demo.created else "; all reused",
     )
+    return True

@@ -6,6 +6,7 @@ them; `with_demo_local_paths` lets the demo org use its own demo folder as local
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import TextIO
@@ -61,22 +62,21 @@ def _demo_dataset(ctx: Context, user_id: str, root: Path) -> tuple[str, dict[str
         return row.id, image_ids
 
 
-def with_demo_models(settings: Settings, out: TextIO) -> Settings:
+def with_demo_models(settings: Settings, out: TextIO | None = None) -> Settings:
     """`settings` with the small demo VISTA-3D and DeepEdit (built once under data/demo/bundles) where the
-    operator configured none."""
+    operator configured none; `out` is told when one is trained (minutes the first time)."""
     update = {}
     folder = settings.data_dir / "demo" / "bundles"
+    out = out or io.StringIO()
     if not settings.vista3d_bundle:
         from medcloud.families.vista3d.demo import ensure_demo_vista3d
 
         print("medcloud demo: preparing the small VISTA-3D (trained once on synthetic CT, then cached)…", file=out)
-        out.flush()
         update["vista3d_bundle"] = str(ensure_demo_vista3d(folder))
     if not settings.deepedit_bundle:
         from medcloud.families.deepedit.demo import ensure_demo_deepedit
 
         print("medcloud demo: preparing the small DeepEdit (trained once on synthetic CT, then cached)…", file=out)
-        out.flush()
         update["deepedit_bundle"] = str(ensure_demo_deepedit(folder))
     return settings.model_copy(update=update) if update else settings
 

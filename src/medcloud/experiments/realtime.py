@@ -9,18 +9,22 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
+from sqlalchemy.orm import Session
+
 from medcloud import egress
 from medcloud.archives import ArchiveError, is_archive, safe_extract
 from medcloud.config import Settings
 from medcloud.context import Context
 from medcloud.datasets import actions as dataset_actions
 from medcloud.datasets import service as datasets
+from medcloud.datasets.orm import Dataset
 from medcloud.errors import Invalid
 from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import ExperimentCreate, InferenceSpecs
 from medcloud.families.registry import family_of
 from medcloud.inference.hosts import HostSpec
 from medcloud.inference.model_input import model_input
+from medcloud.sources.base import DataSource
 
 log = logging.getLogger(__name__)
 URL_IMAGES = "url-images"  # cache namespace of images given as URLs
@@ -106,25 +110,37 @@ def _download_image(url: str, dest: Path, settings: Settings) -> list[Path]:
     return [target]
 
 
-def resolve_image(ctx: Context, *, row: Experiment, specs: InferenceSpecs) -> str:
-    """The local path of the image to infer on (blocking: fetches it unless cached)."""
-    if specs.image.strip().lower().startswith(("http://", "https://")):
+def is_url(image: str) -> bool:
+    return image.strip().lower().startswith(("http://", "https://"))
+
+
+def inference_dataset(session: Session, row: Experiment, specs: InferenceSpecs) -> Dataset | None:
+    """The dataset an image id names (the experiment owner's: 404 otherwise); None for an image URL."""
+    if is_url(specs.image):
+        return None
+    dataset_id = specs.dataset_id or row.inference_dataset or (row.train_datasets or [None])[0]
+    if not dataset_id:
+        raise Invalid("Error: the experiment has no inference_dataset or train dataset; pass specs.dataset_id.")
+    return datasets.get_row(session, org=row.org, user_id=row.user_id, dataset_id=dataset_id)
+
+
+def resolve_image(ctx: Context, *, row: Experiment, specs: InferenceSpecs, dataset: Dataset | None) -> str:
+    """The local path of the image to infer on (blocking: fetches it unless cached).
+
+    `dataset`: `inference_dataset`'s answer, its ownership checked; the cache is shared by all users,
+    keyed by ids any client can send."""
+    if dataset is None:
         # per user: a URL one user could fetch (a signed link, say) is never served from cache to another
         key = hashlib.sha256(f"{row.org}\n{row.user_id}\n{specs.image}".encode()).hexdigest()[:32]
         files = ctx.cache.get_or_fetch(URL_IMAGES, key, lambda dest: _download_image(specs.image, dest, ctx.settings))
         # Anyone may name any URL: the cache of URL images is capped, least recently used evicted first.
         ctx.cache.trim(URL_IMAGES, ctx.settings.url_image_cache_max_bytes, keep=key)
         return model_input(files, egress.redact_url(specs.image))
-    else:
-        dataset_id = specs.dataset_id or row.inference_dataset or (row.train_datasets or [None])[0]
-        if not dataset_id:
-            raise Invalid("Error: the experiment has no inference_dataset or train dataset; pass specs.dataset_id.")
-        # Ownership before the cache: the cache is shared by all users, keyed by ids any client can send.
-        with ctx.db.session() as session:
-            ds = datasets.get_row(session, org=row.org, user_id=row.user_id, dataset_id=dataset_id)
-        files = ctx.cache.lookup(ds.id, specs.image)
-        if files is None:
-            source = datasets.source_of(ds, ctx.box, settings=ctx.settings)
-            source.check_image(specs.image)
-            files = dataset_actions.fetch_cached(ctx, dataset_id=ds.id, image_id=specs.image, source=source)
+
+    def open_checked() -> DataSource:
+        source = datasets.source_of(dataset, ctx.box, settings=ctx.settings)
+        source.check_image(specs.image)
+        return source
+
+    files = dataset_actions.fetch_cached(ctx, dataset_id=dataset.id, image_id=specs.image, opener=open_checked)
     return model_input(files, specs.image)

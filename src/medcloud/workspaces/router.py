@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from medcloud.api import openapi
 from medcloud.api.body import parse_body
@@ -25,34 +26,31 @@ async def create_workspace(request: Request, caller: CallerDep, ctx: CtxDep) -> 
         "storage", service.verify, cloud_type=body.cloud_type, details=details, settings=ctx.settings, org=caller.org
     )
 
-    def run() -> dict:
-        with ctx.db.session() as session:
-            out = service.create(session, org=caller.org, user_id=caller.user_id, body=body, box=ctx.box)
-            return out.model_dump(mode="json")
+    def create(session: Session) -> dict:
+        return service.create(session, org=caller.org, user_id=caller.user_id, body=body, box=ctx.box).model_dump(
+            mode="json"
+        )
 
-    return JSONResponse(status_code=201, content=await ctx.pools.run("db", run))
+    return JSONResponse(status_code=201, content=await ctx.in_session(create))
 
 
 @router.get("", openapi_extra=openapi.listing(), responses=openapi.ok(200, WorkspaceList))
 async def list_workspaces(request: Request, caller: CallerDep, ctx: CtxDep) -> dict:
-    def run() -> list[dict]:
-        with ctx.db.session() as session:
-            rows = service.list_all(session, org=caller.org, user_id=caller.user_id)
-            return [w.model_dump(mode="json") for w in rows]
+    def listing(session: Session) -> list[dict]:
+        return [w.model_dump(mode="json") for w in service.list_all(session, org=caller.org, user_id=caller.user_id)]
 
-    return apply_list_params(request, await ctx.pools.run("db", run), "workspaces")
+    return apply_list_params(request, await ctx.in_session(listing), "workspaces")
 
 
 @router.get("/{workspace_id}", responses=openapi.ok(200, WorkspaceOut))
 async def get_workspace(workspace_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     wid = checked_uuid(workspace_id, "Workspace")
 
-    def run() -> dict:
-        with ctx.db.session() as session:
-            row = service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid)
-            return service.to_out(row).model_dump(mode="json")
+    def get(session: Session) -> dict:
+        row = service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid)
+        return service.to_out(row).model_dump(mode="json")
 
-    return await ctx.pools.run("db", run)
+    return await ctx.in_session(get)
 
 
 @router.patch("/{workspace_id}", openapi_extra=openapi.body(WorkspacePatch), responses=openapi.ok(200, WorkspaceOut))
@@ -60,16 +58,14 @@ async def patch_workspace(workspace_id: str, request: Request, caller: CallerDep
     wid = checked_uuid(workspace_id, "Workspace")
     body = await parse_body(request, WorkspacePatch)
 
-    def owned() -> str:
-        with ctx.db.session() as session:
-            return service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid).cloud_type
+    def owned(session: Session) -> str:
+        return service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid).cloud_type
 
-    def run() -> dict:
-        with ctx.db.session() as session:
-            row = service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid)
-            return service.patch(session, row=row, body=body, box=ctx.box).model_dump(mode="json")
+    def patch(session: Session) -> dict:
+        row = service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid)
+        return service.patch(session, row=row, body=body, box=ctx.box).model_dump(mode="json")
 
-    cloud_type = await ctx.pools.run("db", owned)
+    cloud_type = await ctx.in_session(owned)
     if body.cloud_specific_details is not None:  # checked by connecting, holding no DB connection meanwhile
         await ctx.pools.run(
             "storage",
@@ -79,17 +75,16 @@ async def patch_workspace(workspace_id: str, request: Request, caller: CallerDep
             settings=ctx.settings,
             org=caller.org,
         )
-    return await ctx.pools.run("db", run)
+    return await ctx.in_session(patch)
 
 
 @router.delete("/{workspace_id}", responses=openapi.ok(200, WorkspaceOut))
 async def delete_workspace(workspace_id: str, caller: CallerDep, ctx: CtxDep) -> dict:
     wid = checked_uuid(workspace_id, "Workspace")
 
-    def run() -> dict:
-        with ctx.db.session() as session:
-            row = service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid)
-            users = experiments.names_using_workspace(session, workspace_id=wid)
-            return service.delete(session, row=row, users=users).model_dump(mode="json")
+    def delete(session: Session) -> dict:
+        row = service.get_row(session, org=caller.org, user_id=caller.user_id, workspace_id=wid)
+        users = experiments.names_using_workspace(session, workspace_id=wid)
+        return service.delete(session, row=row, users=users).model_dump(mode="json")
 
-    return await ctx.pools.run("db", run)
+    return await ctx.in_session(delete)

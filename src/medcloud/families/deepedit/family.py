@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 NAME = "MONAI Annotation (DeepEdit)"
 VERSION = "0.5.6"  # the model zoo's spleen_deepedit_annotation this family follows
 LABELS = {"1": "spleen"}
-CONFIGURED = ConfiguredBundle("MEDCLOUD_DEEPEDIT_BUNDLE", "deepedit_bundle", "deepedit", "a DeepEdit bundle")
+CONFIGURED = ConfiguredBundle(
+    "MEDCLOUD_DEEPEDIT_BUNDLE", "deepedit_bundle", "deepedit", "a DeepEdit bundle", "DeepEdit weights"
+)
 
 
 def label_names(labels: dict[str, str]) -> dict[str, int]:
@@ -92,10 +94,7 @@ class DeepEditFamily(ModelFamily):
         if not ctx.settings.deepedit_bundle:
             if not body.realtime_infer:
                 return "", body.model_params.labels or dict(LABELS)
-            raise Invalid(
-                "DeepEdit weights are not configured on this server: set MEDCLOUD_DEEPEDIT_BUNDLE to the URL or "
-                "path of a DeepEdit bundle in the official layout (zip or folder) and restart medcloud."
-            )
+            raise CONFIGURED.not_configured(ctx)
         own = experiment_copy(ensure_configured_bundle(ctx.settings, CONFIGURED), exp_dir)
         return str(own), body.model_params.labels or labels_of_bundle(own)
 

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from medcloud.jobs.spec import JobSpec
 
 NAME = "MONAI VISTA3d"
-CONFIGURED = ConfiguredBundle("MEDCLOUD_VISTA3D_BUNDLE", "vista3d_bundle", "vista3d", "a VISTA-3D bundle")
+CONFIGURED = ConfiguredBundle(
+    "MEDCLOUD_VISTA3D_BUNDLE", "vista3d_bundle", "vista3d", "a VISTA-3D bundle", "VISTA-3D weights"
+)
 
 
 @cache
@@ -79,10 +81,7 @@ class Vista3dFamily(ModelFamily):
         if not ctx.settings.vista3d_bundle:
             if not body.realtime_infer:
                 return "", labels
-            raise Invalid(
-                "VISTA-3D weights are not configured on this server: set MEDCLOUD_VISTA3D_BUNDLE to the URL or "
-                "path of a VISTA-3D bundle in the official layout (zip or folder) and restart medcloud."
-            )
+            raise CONFIGURED.not_configured(ctx)
         return str(experiment_copy(ensure_configured_bundle(ctx.settings, CONFIGURED), exp_dir)), labels
 
     def predictor(self, spec: dict[str, Any]) -> Predictor:
