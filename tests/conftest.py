@@ -139,3 +139,39 @@ def deepedit_bundle() -> Path:
     from medcloud.families.deepedit.demo import ensure_demo_deepedit
 
     return ensure_demo_deepedit(BUNDLE_CACHE)
+
+
+# -- running on several workers (pytest-xdist, `--dist loadgroup` in scripts/test.sh) -------------------------
+
+# Modules that share an expensive session service run on one worker: it starts once.
+SHARED_GROUPS = {"test_ray_hosts": "ray", "test_ray_jobs": "ray", "test_sandbox_ray": "ray"}
+# The longest modules start first, so that no worker is left with one long module at the end (seconds on a
+# 2-core machine, from a serial run's durations; the rest keep their order).
+LONG_FIRST = [
+    "test_vista3d_api",
+    "test_sandbox",
+    "ray",
+    "test_notebooks",
+    "test_viewer_e2e",
+    "test_vista3d",
+    "test_deepedit_api",
+    "test_fuzz",
+    "test_realtime_inference",
+    "test_accelerated_inference",
+    "test_demo_annotation",
+    "test_guide_001",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test module runs whole on one worker (its module-scoped servers are built once), modules sharing a
+    session service run on the same worker, and the longest start first."""
+
+    def group(item: pytest.Item) -> str:
+        module = item.module.__name__ if item.module is not None else item.nodeid
+        return SHARED_GROUPS.get(module, module)
+
+    rank = {name: index for index, name in enumerate(LONG_FIRST)}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: the rest keep their order

@@ -30,6 +30,7 @@ from medcloud.datasets.schemas import (
 )
 from medcloud.errors import Invalid
 from medcloud.experiments import service as experiments
+from medcloud.sources import kinds
 
 router = APIRouter(prefix="/api/v1/orgs/{org}/datasets")
 DatasetList = openapi.list_model("DatasetList", "datasets", DatasetOut)
@@ -63,22 +64,19 @@ async def create_dataset(request: Request, caller: CallerDep, ctx: CtxDep) -> JS
     def run() -> dict:
         # local folders: only inside the org's roots, links resolved (reads the disk: here, in the pool)
         service.check_local(body.client_url, org=caller.org, settings=ctx.settings)
-        service.check_egress(
+        address = kinds.SourceAddress(
+            kind=kinds.kind_for_new(body.client_url, body.filters),  # chosen once, stored with the row
             client_url=body.client_url,
             client_id=body.client_id,
             client_secret=body.client_secret,
             filters=body.filters,
-            settings=ctx.settings,
         )
-        kind, _source = service.open_source(
-            client_url=body.client_url,
-            client_id=body.client_id,
-            client_secret=body.client_secret,
-            filters=body.filters,
-            verify=True,
-        )
+        kinds.check_egress(address, ctx.settings)
+        kinds.open_source(address, verify=True)
         with ctx.db.session() as session:  # in the storage pool: the checks above read the disk and the network
-            out = service.create(session, org=caller.org, user_id=caller.user_id, body=body, kind=kind, box=ctx.box)
+            out = service.create(
+                session, org=caller.org, user_id=caller.user_id, body=body, kind=address.kind, box=ctx.box
+            )
             return out.model_dump(mode="json")
 
     return JSONResponse(status_code=201, content=await ctx.pools.run("storage", run))

@@ -17,95 +17,37 @@ from medcloud.datasets.schemas import DatasetCreate, DatasetOut, DatasetPatch
 from medcloud.db import Database, get_owned
 from medcloud.errors import Conflict, Unavailable
 from medcloud.secrets import SecretBox
-from medcloud.sources import local_roots
+from medcloud.sources import kinds, local_roots
 from medcloud.sources.base import DataSource
+from medcloud.sources.kinds import SourceAddress
 from medcloud.sources.limits import SourceLimits
 from medcloud.sources.manifest_cache import MANIFESTS
 
 
-def is_dicomweb(client_url: str, filters: str | None) -> bool:
-    """DICOMweb roots are recognised by their path (Orthanc's `/dicom-web`, `/dicomweb`, `/wado`…)."""
-    lowered = client_url.lower().rstrip("/")
-    return filters is not None or any(tag in lowered for tag in ("dicom-web", "dicomweb", "/wado", "/rs"))
-
-
-def is_local(client_url: str) -> bool:
-    """Anything without a remote scheme is this server's own files: `FILE:///etc`, ` /etc` and `rel/dir` too."""
-    from medcloud.sources.locations import REMOTE_SCHEMES
-
-    return egress.scheme_of(client_url, what="client_url") not in REMOTE_SCHEMES
-
-
-def check_egress(
-    *, client_url: str, client_id: str | None, client_secret: str | None, filters: str | None, settings: Settings
-) -> None:
-    """The hosts a remote source would connect to pass the egress policy (blocking: resolves names).
-
-    Checked when the dataset is created: storage and DICOMweb clients resolve names again themselves.
-    """
-    if is_local(client_url):
-        return
-    policy = egress.Policy.from_settings(settings)
-    if is_dicomweb(client_url, filters):
-        from medcloud.sources.dicomweb import parse_dicomweb_url
-
-        root, _auth = parse_dicomweb_url(client_url, client_id, client_secret)
-        egress.check_url(root, policy, what="client_url")
-        return
-    from medcloud.sources.locations import parse_client_url
-
-    location = parse_client_url(client_url, client_id, client_secret)
-    egress.check_urls(location.endpoints(), policy, what="client_url")
-
-
-def open_source(
-    *,
-    client_url: str,
-    client_id: str | None,
-    client_secret: str | None,
-    filters: str | None,
-    verify: bool,
-    cache_key: str | None = None,
-    limits: SourceLimits | None = None,
-) -> tuple[str, DataSource]:
-    """Connect to the source (blocking I/O); `verify` also checks every listed file (at creation).
-
-    `cache_key` (the dataset id) lets an object store's parsed manifest be reused while it is unchanged;
-    `limits` caps what a DICOMweb source reads (the settings' defaults when None).
-    """
-    if is_dicomweb(client_url, filters):
-        from medcloud.sources.dicomweb import DicomWebSource
-
-        return "dicomweb", DicomWebSource.open(client_url, client_id, client_secret, filters=filters, limits=limits)
-    from medcloud.sources.objectstore import ObjectStoreSource
-
-    return "objectstore", ObjectStoreSource.open(
-        client_url, client_id, client_secret, check_files=verify, cache_key=cache_key
+def address_of(row: Dataset, box: SecretBox) -> SourceAddress:
+    """Where the dataset's images are, with its own credentials (unsealed), of its stored kind."""
+    secrets = box.open(row.sealed_secrets)
+    return SourceAddress(
+        kind=row.source_kind,
+        client_url=secrets.get("client_url") or row.client_url,  # sealed when it holds a secret
+        client_id=secrets.get("client_id"),
+        client_secret=secrets.get("client_secret"),
+        filters=row.filters,
     )
 
 
 def check_local(client_url: str, *, org: str, settings: Settings) -> None:
     """A local `client_url` is allowed for `org` (`sources/local_roots.py`); remote ones pass (blocking)."""
-    if is_local(client_url):
+    if kinds.is_local(client_url):
         local_roots.check_client_url(client_url, org=org, settings=settings)
 
 
 def source_of(row: Dataset, box: SecretBox, *, settings: Settings) -> DataSource:
     """The dataset's source, opened with the server's limits; a local one is checked against its org's
     roots again (the operator may have narrowed them since, or a link may have been swapped)."""
-    secrets = box.open(row.sealed_secrets)
-    client_url = secrets.get("client_url") or row.client_url  # sealed when it holds a secret
-    check_local(client_url, org=row.org, settings=settings)
-    _kind, source = open_source(
-        client_url=client_url,
-        client_id=secrets.get("client_id"),
-        client_secret=secrets.get("client_secret"),
-        filters=row.filters,
-        verify=False,
-        cache_key=row.id,
-        limits=SourceLimits.from_settings(settings),
-    )
-    return source
+    address = address_of(row, box)
+    check_local(address.client_url, org=row.org, settings=settings)
+    return kinds.open_source(address, verify=False, cache_key=row.id, limits=SourceLimits.from_settings(settings))
 
 
 def to_out(row: Dataset) -> DatasetOut:

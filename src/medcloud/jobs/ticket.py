@@ -21,13 +21,14 @@ TICKET = "ticket.json"
 
 @dataclass
 class DatasetInput:
-    """One dataset the job reads: how to open it (`sources.open_source`), with its own credentials only."""
+    """One dataset the job reads: how to open it (`sources.kinds.open_source`), with its own credentials only."""
 
     dataset_id: str
     client_url: str
     client_id: str | None = None
     client_secret: str | None = None
     filters: str | None = None
+    source_kind: str = ""  # the dataset's stored kind; "" (a ticket of an older server): from the URL
     # DICOMweb: per image, the SEG series notified for it, newest first (the worker has no notifications table)
     notified_labels: dict[str, list[str]] = field(default_factory=dict)
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from medcloud.context import Context
 from medcloud.datasets.orm import Dataset, Notification
-from medcloud.datasets.service import is_dicomweb
+from medcloud.datasets.service import address_of
 from medcloud.errors import Invalid
 from medcloud.execution.shared import node_path
 from medcloud.experiments.orm import Experiment
@@ -22,6 +22,7 @@ from medcloud.experiments.realtime import host_spec
 from medcloud.jobs import files
 from medcloud.jobs.orm import Job
 from medcloud.jobs.ticket import DatasetInput, JobTicket, ResultsTarget
+from medcloud.sources.kinds import DICOMWEB
 from medcloud.workspaces.orm import Workspace
 
 # The settings a worker runs with: how model code is sandboxed and what client URLs may reach.
@@ -57,10 +58,9 @@ def dataset_input(ctx: Context, session: Any, dataset_id: str | None, *, with_no
     row = session.get(Dataset, dataset_id) if dataset_id else None
     if row is None:
         return None
-    secrets = ctx.box.open(row.sealed_secrets)
-    client_url = secrets.get("client_url") or row.client_url  # sealed when it holds a secret
+    address = address_of(row, ctx.box)
     notified: dict[str, list[str]] = {}
-    if with_notified and is_dicomweb(client_url, row.filters):
+    if with_notified and address.kind == DICOMWEB:
         query = (
             select(Notification.image_id, Notification.label_id)
             .where(Notification.dataset_id == row.id, Notification.section.in_(["added", "updated"]))
@@ -71,10 +71,11 @@ def dataset_input(ctx: Context, session: Any, dataset_id: str | None, *, with_no
                 notified.setdefault(image_id, []).append(label_id)
     return DatasetInput(
         dataset_id=row.id,
-        client_url=client_url,
-        client_id=secrets.get("client_id"),
-        client_secret=secrets.get("client_secret"),
-        filters=row.filters,
+        source_kind=address.kind,
+        client_url=address.client_url,
+        client_id=address.client_id,
+        client_secret=address.client_secret,
+        filters=address.filters,
         notified_labels=notified,
     )
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from medcloud.config import Settings
 from medcloud.datasets import actions as dataset_actions
-from medcloud.datasets import service as datasets
 from medcloud.errors import Invalid
 from medcloud.jobs.ticket import DatasetInput
+from medcloud.sources import kinds
 from medcloud.sources.base import DataSource
 from medcloud.sources.limits import SourceLimits
 from medcloud.sources.objectstore import ObjectStoreSource
@@ -20,16 +20,15 @@ from medcloud.sources.objectstore import ObjectStoreSource
 
 def open_input(dataset: DatasetInput, settings: Settings | None = None) -> DataSource:
     """Connect to the dataset the ticket names (blocking), with the caps of `settings` (voxels, WADO bytes)."""
-    _kind, source = datasets.open_source(
-        limits=SourceLimits.from_settings(settings) if settings is not None else None,
+    address = kinds.SourceAddress(
+        kind=dataset.source_kind or kinds.kind_for_new(dataset.client_url, dataset.filters),
         client_url=dataset.client_url,
         client_id=dataset.client_id,
         client_secret=dataset.client_secret,
         filters=dataset.filters,
-        verify=False,
-        cache_key=dataset.dataset_id,
     )
-    return source
+    limits = SourceLimits.from_settings(settings) if settings is not None else None
+    return kinds.open_source(address, verify=False, cache_key=dataset.dataset_id, limits=limits)
 
 
 def _objectstore_items(ctx: Any, dataset: DatasetInput, source: ObjectStoreSource) -> list[dict[str, Any]]:
