@@ -61,17 +61,20 @@ def manifest_entries(root):
     return json.loads((root / "manifest.json").read_text())["data"]
 
 
-def seg_experiment(api, local_dataset, demo_zips, **extra):
-    dataset_id = create_dataset(api, local_dataset)
-    body = {
-        "name": "train",
+def segmentation_body(dataset_id, demo_zips, name="train", **extra):
+    """The body of a train-only experiment of the demo segmentation bundle on one dataset (train and eval)."""
+    return {
+        "name": name,
         "network_arch": "monai_segmentation",
         "train_datasets": [dataset_id],
         "eval_dataset": dataset_id,
         "bundle_url": str(demo_zips["segmentation"]),
         **extra,
     }
-    resp = api.post("experiments", json=body)
+
+
+def seg_experiment(api, local_dataset, demo_zips, **extra):
+    resp = api.post("experiments", json=segmentation_body(create_dataset(api, local_dataset), demo_zips, **extra))
     assert resp.status_code == 201, resp.text
     return resp.json()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from builders import SPLEEN, start, wait_status
+from builders import SPLEEN, segmentation_body, start, wait_status
 from dicom_data import store_ct, store_seg
 from helpers import dice, multipart_parts, nrrd_voxels, wait_for
 
@@ -122,14 +122,7 @@ def test_training_reads_seg_labels_from_dicomweb(api, empty_orthanc, demo_zips):
     dataset_id = dicom_dataset(api, empty_orthanc)
     exp = api.post(
         "experiments",
-        json={
-            "name": "t",
-            "network_arch": "monai_segmentation",
-            "train_datasets": [dataset_id],
-            "eval_dataset": dataset_id,
-            "model_params": {"labels": SPLEEN},
-            "bundle_url": str(demo_zips["segmentation"]),
-        },
+        json=segmentation_body(dataset_id, demo_zips, name="t", model_params={"labels": SPLEEN}),
     ).json()
     job_id = start(api, exp, {"epochs": 1, "finetune": True})
     done = wait_status(api, exp, job_id, {"Done", "Error"})

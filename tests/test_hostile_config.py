@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from builders import create_dataset, manifest_entries, wait_status
+from builders import create_dataset, manifest_entries, segmentation_body, wait_status
 from conftest import make_api
 from helpers import multipart_parts, wait_for
 
@@ -242,16 +242,7 @@ def test_plain_overrides_and_bundle_params_still_work(hostile):
 def test_plain_train_override_trains(tmp_path, local_dataset, demo_zips):
     with make_api(tmp_path / "data") as api:
         dataset_id = create_dataset(api, local_dataset)
-        exp = api.post(
-            "experiments",
-            json={
-                "name": "t",
-                "network_arch": "monai_segmentation",
-                "train_datasets": [dataset_id],
-                "eval_dataset": dataset_id,
-                "bundle_url": str(demo_zips["segmentation"]),
-            },
-        ).json()
+        exp = api.post("experiments", json=segmentation_body(dataset_id, demo_zips, name="t")).json()
         specs = {"train#trainer#max_epochs": 1, "config_file": ["configs/train.json"]}
         resp = api.post(f"experiments/{exp['id']}/jobs", json={"action": "train", "specs": specs})
         assert resp.status_code == 201, resp.text
@@ -470,16 +461,7 @@ def test_bad_stop_criteria_are_400(hostile, stop_criteria, field):
 def test_controller_ends_a_stored_bad_annotation_job_in_error(tmp_path, local_dataset, demo_zips, specs, fragment):
     with make_api(tmp_path / "data") as api:
         dataset_id = create_dataset(api, local_dataset)
-        exp = api.post(
-            "experiments",
-            json={
-                "name": "cl",
-                "network_arch": "monai_segmentation",
-                "train_datasets": [dataset_id],
-                "eval_dataset": dataset_id,
-                "bundle_url": str(demo_zips["segmentation"]),
-            },
-        ).json()
+        exp = api.post("experiments", json=segmentation_body(dataset_id, demo_zips, name="cl")).json()
         job_id = stored_job(api, exp, "annotation", specs)
         api.ctx.hub.launch_threadsafe(job_id)
         failed = wait_status(api, exp, job_id, {"Error", "Running", "Done"}, timeout=30)

@@ -210,3 +210,25 @@ def test_as_part10_adds_what_strict_readers_need() -> None:
     for raw in forms.values():
         strict = pydicom.dcmread(io.BytesIO(as_part10(raw)))  # no force: preamble and DICM present
         assert strict.SOPInstanceUID == ds.SOPInstanceUID and strict.pixel_array.shape == (4, 4)
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"shuffle": True},
+        {"spacing": (0.7, 0.9, 2.5), "origin": (10, -20, 30)},
+        {"orientation": ((np.cos(0.3), np.sin(0.3), 0), (-np.sin(0.3), np.cos(0.3), 0)), "shuffle": True},
+        {"orientation": ((1, 0, 0), (0, np.cos(0.3), -np.sin(0.3))), "spacing": (0.7, 0.9, 2.5)},
+    ],
+    ids=["shuffled", "anisotropic", "oblique-in-plane", "tilted"],
+)
+def test_read_series_equals_highdicoms_volume_in_medcloud_order(geometry):
+    """`read_series` keeps its own reader (docs/architecture.md, "DICOM series"): it must give exactly the
+    voxels and geometry of highdicom's `get_volume_from_series`, once that is put in medcloud's order
+    (column, row, slice ascending along the normal; highdicom's is slice, row, column, slices descending)."""
+    hu = np.random.default_rng(7).integers(-1000, 1000, (20, 16, 12)).astype(np.float32)
+    datasets = write_ct_series(hu, **geometry)
+    ours = read_series(datasets)
+    theirs = hd.get_volume_from_series(datasets, dtype=np.float32).flip_spatial(0)
+    np.testing.assert_array_equal(np.transpose(theirs.array, (2, 1, 0)), ours.array)
+    np.testing.assert_allclose(theirs.affine[:, [2, 1, 0, 3]], ours.lps_affine, atol=1e-9)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from builders import start, wait_status
+from builders import segmentation_body, start, wait_status
 from services import AZURITE_ACCOUNT, upload_folder_to_azure, upload_folder_to_s3
 
 from medcloud.logs import NOISY_LOGGERS
@@ -45,16 +45,7 @@ def test_train_log_on_object_storage_has_epoch_lines_and_no_http_header_dumps(
     store, api, azurite, s3_server, local_dataset, demo_zips
 ):
     dataset_id = _dataset_on(store, api, azurite, s3_server, local_dataset)
-    resp = api.post(
-        "experiments",
-        json={
-            "name": "logs",
-            "network_arch": "monai_segmentation",
-            "train_datasets": [dataset_id],
-            "eval_dataset": dataset_id,
-            "bundle_url": str(demo_zips["segmentation"]),
-        },
-    )
+    resp = api.post("experiments", json=segmentation_body(dataset_id, demo_zips, name="logs"))
     assert resp.status_code == 201, resp.text
     exp = resp.json()
     job_id = start(api, exp, {"epochs": 2, "val_interval": 1})

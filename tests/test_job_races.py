@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from builders import segmentation_body
 from helpers import wait_for
 
 from medcloud.config import Settings
@@ -468,18 +469,7 @@ def test_server_killed_at_each_job_phase_loses_nothing(tmp_path, local_dataset, 
         http = _client(server, key)
         body = {"name": "d", "type": "semantic_segmentation", "format": "monai", "client_url": str(local_dataset)}
         ds = _ok(http.post("/datasets", json=body))["id"]  # type: ignore[index]
-        exp = _ok(
-            http.post(
-                "/experiments",
-                json={
-                    "name": "e",
-                    "network_arch": "monai_segmentation",
-                    "train_datasets": [ds],
-                    "eval_dataset": ds,
-                    "bundle_url": str(demo_zips["segmentation"]),
-                },
-            )
-        )["id"]  # type: ignore[index]
+        exp = _ok(http.post("/experiments", json=segmentation_body(ds, demo_zips, name="e")))["id"]  # type: ignore[index]
         long = _ok(http.post(f"/experiments/{exp}/jobs", json={"action": "train", "specs": {"epochs": 500}}))
         short = _ok(http.post(f"/experiments/{exp}/jobs", json={"action": "train", "specs": {"epochs": 1}}))
         wait_for(lambda: _db_status(data_dir, long)[1], timeout=60, what="the long job's pid")

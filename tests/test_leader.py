@@ -1,5 +1,6 @@
 """Leadership among processes sharing a database (SQLite flock, PostgreSQL advisory lock): one leader, a
-takeover when it dies or loses its connection, and followers' wake-ups reaching the leader's duties."""
+takeover when it dies or loses its connection, and every process's events (`events.py`) reaching the leader's
+duties: a follower's across processes, the leader's own in its process."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ import pytest
 from helpers import wait_for
 
 from medcloud.db import Database
+from medcloud.events import Events
 from medcloud.jobs import service as jobs
 from medcloud.jobs.orm import Job
 from medcloud.jobs.states import JobStatus
-from medcloud.leader import Leadership, RemoteHub, RemoteRunner, Role
+from medcloud.leader import Leadership, Role
 
 HOLD_LEADERSHIP = """
 import sys, time
@@ -140,6 +142,7 @@ class Process:
     def __init__(self, url: str, retry_s: float = 0.1) -> None:
         self.loop = LoopThread()
         self.ctx = SimpleNamespace(db=Database(url), runner=None, hub=None)
+        self.events = Events(self.ctx.db)
         self.duties = Duties(self.ctx.db)
         self.starts = 0
         self.stops = 0
@@ -168,12 +171,25 @@ def processes() -> Iterator[list[Process]]:
         process.close()
 
 
-def test_the_first_process_leads_and_the_second_follows_through_proxies(url, processes):
+def test_the_first_process_leads_and_the_second_follows_with_no_duties(url, processes):
     processes += [Process(url), Process(url)]
     leader, follower = processes
     assert leader.role.leading and leader.ctx.runner is leader.duties and leader.starts == 1
     assert not follower.role.leading and follower.starts == 0
-    assert isinstance(follower.ctx.runner, RemoteRunner) and isinstance(follower.ctx.hub, RemoteHub)
+    assert follower.ctx.runner is None and follower.ctx.hub is None  # no proxies: it publishes events
+
+
+def test_a_leaders_own_events_reach_its_duties_on_sqlite_too(tmp_path, processes):
+    processes.append(Process(f"sqlite:///{tmp_path / 'one.db'}"))
+    [leader] = processes
+    leader.events.job_created()
+    leader.events.annotation_created("job-1")
+    leader.events.dataset_notified("dataset-1")
+    leader.events.controllers_wake()
+    for name in ("runner.wake", "hub.launch", "hub.dataset_changed", "hub.wake_all"):
+        wait_for(lambda n=name: leader.duties.named(n), timeout=5, what=f"{name} on the leader")
+    assert leader.duties.named("hub.launch")[0][0] == "job-1"
+    assert leader.duties.named("hub.dataset_changed")[0][0] == "dataset-1"
 
 
 def test_followers_wakeups_reach_the_leaders_runner_and_hub_within_100_ms(pg_url, processes):
@@ -181,10 +197,10 @@ def test_followers_wakeups_reach_the_leaders_runner_and_hub_within_100_ms(pg_url
     leader, follower = processes
     sent: dict[str, float] = {}
     for name, call in (
-        ("runner.wake", lambda: follower.ctx.runner.wake()),
-        ("hub.launch", lambda: follower.ctx.hub.launch("job-1")),
-        ("hub.wake_all", lambda: follower.ctx.hub.wake_all()),
-        ("hub.dataset_changed", lambda: follower.ctx.hub.dataset_changed("dataset-1")),
+        ("runner.wake", lambda: follower.events.job_created()),
+        ("hub.launch", lambda: follower.events.annotation_created("job-1")),
+        ("hub.wake_all", lambda: follower.events.controllers_wake()),
+        ("hub.dataset_changed", lambda: follower.events.dataset_notified("dataset-1")),
     ):
         sent[name] = time.perf_counter()
         call()
@@ -204,7 +220,7 @@ def test_a_followers_cancel_returns_once_the_leader_ended_the_job(pg_url, proces
         assert jobs.transition(session, row, JobStatus.RUNNING)
         assert jobs.transition(session, row, JobStatus.CANCELING, "Canceling.")
         job_id = row.id
-    follower.loop.run(follower.ctx.runner.cancel(job_id))
+    assert follower.loop.run(follower.events.job_cancel(job_id))
     with follower.ctx.db.session() as session:
         assert session.get(Job, job_id).status == "Canceled"  # as after the runner's own cancel
     assert [arg for arg, _ in leader.duties.named("runner.cancel")] == [job_id]
@@ -258,8 +274,8 @@ def test_a_leader_that_loses_its_connection_steps_down_and_a_follower_takes_over
     wait_for(lambda: follower.role.leading, timeout=10, what="the follower to take over")
     wait_for(lambda: not leader.role.leading and leader.stops == 1, timeout=10, what="the old leader to step down")
     assert follower.starts == 1 and follower.ctx.runner is follower.duties
-    assert isinstance(leader.ctx.runner, RemoteRunner)  # the old leader is a follower now
-    leader.ctx.runner.wake()  # ...whose wake-ups reach the new leader
+    assert leader.ctx.runner is None  # the old leader is a follower now
+    leader.events.job_created()  # ...whose events reach the new leader
     wait_for(lambda: follower.duties.named("runner.wake"), timeout=5, what="the wake-up on the new leader")
 
 
@@ -287,7 +303,7 @@ def test_duties_that_fail_to_start_release_the_leadership(url):
     role = Role(ctx, start=broken_start, stop=stop)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="cannot start"):
         asyncio.run(role.begin())
-    assert stops == [1] and not role.leading and isinstance(ctx.runner, RemoteRunner)
+    assert stops == [1] and not role.leading and ctx.runner is None
     other = Leadership(Database(url))
     assert other.try_acquire()  # not held by the process whose duties failed
     other.release()

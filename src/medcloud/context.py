@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from medcloud.demo.background import DemoProgress
+    from medcloud.events import Events
     from medcloud.execution.base import HostBackend, JobBackend
     from medcloud.jobs.runner import Scheduler
     from medcloud.learning.hub import LearningHub
@@ -87,6 +88,13 @@ class Context:
                 return work(session)
 
         return await self.pools.run("db", run)
+
+    @property
+    def events(self) -> Events:
+        """Tell the scheduler and the annotation controllers, wherever they run (`events.py`)."""
+        from medcloud.events import Events
+
+        return Events(self.db)
 
     def close(self) -> None:
         self.background.shutdown(wait=False, cancel_futures=True)

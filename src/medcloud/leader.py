@@ -2,10 +2,8 @@
 
 Several `medcloud serve` processes may share one database; every one serves every route, but only one,
 the leader, runs `ctx.runner` (starting, watching, cancelling job processes) and `ctx.hub` (the annotation
-controllers). The others are followers: their `ctx.runner` and `ctx.hub` are `RemoteRunner` and
-`RemoteHub`, which publish wake-ups (`wakeups.py`) that the leader's subscriptions turn into calls of its
-real runner and hub. With one process nothing changes: it is the leader, and its routes call the real
-runner and hub directly.
+controllers); a follower has neither. Routes of every process, the leader's included, publish events
+(`events.py`, over `wakeups.py`) that the leader's subscriptions turn into calls of its runner and hub.
 
 Election (`Leadership`):
 - PostgreSQL: a session-level advisory lock (`pg_try_advisory_lock`) held by a connection of its own.
@@ -29,13 +27,13 @@ import fcntl
 import logging
 import os
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import make_url
 
+from medcloud import events
 from medcloud.context import Context
 from medcloud.db import Database
 from medcloud.wakeups import dedicated_connection
@@ -44,14 +42,6 @@ log = logging.getLogger(__name__)
 # pg_try_advisory_lock key ("medcloud" in hex); advisory locks are per database.
 LEADER_LOCK_KEY = 0x6D6564636C6F7564
 RETRY_S = 2.0
-CANCEL_WAIT_S = 30.0
-
-# Wake-up topics a follower publishes and the leader's subscriptions act on.
-RUNNER_WAKE = "runner.wake"  # a job was created (payload unused)
-RUNNER_CANCEL = "runner.cancel"  # payload: the job id whose process must be killed (status already Canceling)
-HUB_LAUNCH = "hub.launch"  # payload: an annotation job id just created
-HUB_WAKE = "hub.wake"  # wake every controller (payload unused)
-HUB_DATASET = "hub.dataset"  # payload: a dataset id that was notified
 
 
 class Leadership:
@@ -119,79 +109,6 @@ class Leadership:
             self._lock_fd = None
 
 
-class RemoteRunner:
-    """A follower's `ctx.runner`: `wake` and `cancel` reach the leader's runner through wake-ups."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def wake(self) -> None:
-        self.ctx.db.wakeups.publish(RUNNER_WAKE)
-
-    async def cancel(self, job_id: str) -> None:
-        """Ask the leader to kill the job's process; return once the job ended (as the runner's cancel does).
-
-        The cancel is already committed (Canceling): if no leader answers within CANCEL_WAIT_S, the next
-        leader's runner kills the process when it finds the job Canceling.
-        """
-        self.ctx.db.wakeups.publish(RUNNER_CANCEL, job_id)
-        await asyncio.to_thread(_wait_ended, self.ctx.db, job_id, CANCEL_WAIT_S)
-
-
-def _wait_ended(db: Database, job_id: str, timeout_s: float) -> bool:
-    from medcloud.jobs.orm import Job
-    from medcloud.jobs.states import TERMINAL, JobStatus
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with db.session() as session:
-            row = session.get(Job, job_id)
-            if row is None or JobStatus(row.status) in TERMINAL:
-                return True
-        if time.monotonic() > deadline:
-            log.warning("Job %s: no leader settled its cancel within %.0f s", job_id, timeout_s)
-            return False
-        time.sleep(0.05)
-
-
-class RemoteHub:
-    """A follower's `ctx.hub`: every event goes to the leader's hub through wake-ups."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def launch(self, job_id: str) -> None:
-        self.ctx.db.wakeups.publish(HUB_LAUNCH, job_id)
-
-    launch_threadsafe = launch
-
-    def wake_all(self) -> None:
-        self.ctx.db.wakeups.publish(HUB_WAKE)
-
-    wake_threadsafe = wake_all
-
-    def dataset_changed(self, dataset_id: str) -> None:
-        self.ctx.db.wakeups.publish(HUB_DATASET, dataset_id)
-
-    async def job_ended(self, _job_id: str) -> None:
-        self.wake_all()
-
-    def is_running(self, _job_id: str) -> bool:
-        return False  # controllers run in the leader
-
-
 Duty = Callable[[], Awaitable[None]]
 
 
@@ -199,7 +116,7 @@ class Role:
     """This process's part: the leader's duties (started by `start`, stopped by `stop`) or a follower's proxies.
 
     `begin()` (in the app lifespan) tries once: a leader's duties are up when it returns, as before there
-    were followers. A follower installs `RemoteRunner`/`RemoteHub` and campaigns every `retry_s` seconds.
+    were followers. A follower has no runner and no hub, and campaigns every `retry_s` seconds.
     """
 
     def __init__(self, ctx: Context, *, start: Duty, stop: Duty, retry_s: float = RETRY_S) -> None:
@@ -248,11 +165,10 @@ class Role:
                 log.exception("Leadership: campaign step failed")
 
     async def _lead(self) -> None:
-        # Subscribed before the duties start: what followers publish meanwhile is queued, then run once the
+        # Subscribed before the duties start: what is published meanwhile is queued, then run once the
         # runner and the hub are up (the hub's start also resumes every active annotation job it finds).
         loop = asyncio.get_running_loop()
-        if self.ctx.db.is_postgres:  # SQLite followers cannot publish to us (wake-ups stay in one process)
-            await asyncio.to_thread(self._subscribe)
+        await asyncio.to_thread(self._subscribe)
         try:
             await self._start()
         except BaseException:  # duties that failed to start must not keep others from leading
@@ -295,11 +211,11 @@ class Role:
             loop.call_soon_threadsafe(call)
 
     def _follow(self) -> None:
-        self.ctx.runner = RemoteRunner(self.ctx)  # type: ignore[assignment]
-        self.ctx.hub = RemoteHub(self.ctx)  # type: ignore[assignment]
+        self.ctx.runner = None
+        self.ctx.hub = None
 
     def _subscribe(self) -> None:
-        """Turn followers' wake-ups into calls of this leader's runner and hub (on the event loop)."""
+        """Turn every process's events (`events.py`) into calls of this leader's runner and hub (on the loop)."""
         ctx, soon = self.ctx, self._soon
 
         def runner_wake(_payload: str | None) -> None:
@@ -323,11 +239,11 @@ class Role:
 
         wakeups = ctx.db.wakeups
         for topic, callback in (
-            (RUNNER_WAKE, runner_wake),
-            (RUNNER_CANCEL, runner_cancel),
-            (HUB_LAUNCH, hub_launch),
-            (HUB_WAKE, hub_wake),
-            (HUB_DATASET, hub_dataset),
+            (events.JOB_CREATED, runner_wake),
+            (events.JOB_CANCEL, runner_cancel),
+            (events.ANNOTATION_CREATED, hub_launch),
+            (events.CONTROLLERS_WAKE, hub_wake),
+            (events.DATASET_NOTIFIED, hub_dataset),
         ):
             self._unsubscribe.append(wakeups.subscribe(topic, callback))
 

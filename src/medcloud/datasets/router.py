@@ -147,8 +147,8 @@ async def dataset_action(dataset_id: str, request: Request, caller: CallerDep, c
         else:
             pick = partial(service.pick_least_recently_served, ctx.db, dataset_id=did)
             content = await ctx.pools.run("storage", actions.nextimage, ctx, row=row, pick=pick)
-    if job.action == DatasetAction.NOTIFY and ctx.hub is not None:
-        ctx.hub.dataset_changed(did)  # committed: wake the annotation controllers at once
+    if job.action == DatasetAction.NOTIFY:
+        ctx.events.dataset_notified(did)  # committed: wake the annotation controllers at once
     return JSONResponse(status_code=201, content=content)
 
 
@@ -249,8 +249,7 @@ async def save_image_label(
         )
     finally:
         gate.release()
-    if ctx.hub is not None:
-        ctx.hub.dataset_changed(did)  # committed: wake the annotation controllers at once
+    ctx.events.dataset_notified(did)  # committed: wake the annotation controllers at once
     return JSONResponse(status_code=201, content=saved.as_json())
 
 

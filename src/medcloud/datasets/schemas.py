@@ -5,8 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medcloud.egress import redact_url
 from medcloud.timestamps import UtcDatetime
 
 
@@ -37,6 +38,9 @@ class DatasetPatch(BaseModel):
 
 
 class DatasetOut(BaseModel):
+    """A dataset as the API shows it, read from its row (`DatasetOut.model_validate(row)`)."""
+
+    model_config = ConfigDict(from_attributes=True)
     id: str
     name: str
     description: str
@@ -46,6 +50,12 @@ class DatasetOut(BaseModel):
     filters: str | None
     created_on: UtcDatetime
     last_modified: UtcDatetime
+
+    @field_validator("client_url")
+    @classmethod
+    def _redacted(cls, value: str) -> str:
+        """Never a secret of the URL (user info, query values), rows stored before redaction too."""
+        return redact_url(value)
 
 
 class DatasetJob(BaseModel):

@@ -51,17 +51,7 @@ def source_of(row: Dataset, box: SecretBox, *, settings: Settings) -> DataSource
 
 
 def to_out(row: Dataset) -> DatasetOut:
-    return DatasetOut(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        type=row.type,
-        format=row.format,
-        client_url=egress.redact_url(row.client_url),
-        filters=row.filters,
-        created_on=row.created_on,
-        last_modified=row.last_modified,
-    )
+    return DatasetOut.model_validate(row)
 
 
 def create(session: Session, *, org: str, user_id: str, body: DatasetCreate, kind: str, box: SecretBox) -> DatasetOut:

@@ -194,9 +194,9 @@ async def start_job(ctx: Context, caller: Caller, experiment_id: str, job: Exper
 
     job_id = await ctx.in_session(create_job)
     if job.action == ExperimentAction.ANNOTATION:
-        ctx.hub.launch(job_id)
+        ctx.events.annotation_created(job_id)
     else:
-        ctx.runner.wake()
+        ctx.events.job_created()
     return job_id
 
 

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medcloud.bundles.overrides import forbidden_keys
+from medcloud.egress import redact_url
+from medcloud.execution.kinds import EXPERIMENT_ACTIONS
 from medcloud.families.registry import NETWORK_ARCHS
 from medcloud.inference.accel.modes import InferenceMode
 from medcloud.timestamps import UtcDatetime
@@ -97,6 +99,10 @@ class ExperimentPatch(BaseModel):
 
 
 class ExperimentOut(BaseModel):
+    """An experiment as the API shows it: read from its row (`ExperimentOut.model_validate(row)`, then its
+    jobs' ids), or a base experiment of the catalogue."""
+
+    model_config = ConfigDict(from_attributes=True)
     id: str
     name: str
     description: str
@@ -108,7 +114,7 @@ class ExperimentOut(BaseModel):
     eval_dataset: str | None
     inference_dataset: str | None
     realtime_infer: bool
-    realtime_infer_support: bool
+    realtime_infer_support: bool = True
     realtime_infer_request_timeout: int
     bundle_url: str | None
     workspace: str | None
@@ -116,11 +122,22 @@ class ExperimentOut(BaseModel):
     # The mode real-time inference runs in and the check that chose it (`CheckedPredictor.report`);
     # None until the experiment's model host has answered a request in a mode other than exact.
     inference: dict[str, Any] | None = None
-    actions: list[str]
+    actions: list[str] = Field(default_factory=lambda: list(EXPERIMENT_ACTIONS))
     jobs: list[str] = Field(default_factory=list)
     public: bool = False
     created_on: UtcDatetime
     last_modified: UtcDatetime
+
+    @field_validator("bundle_url")
+    @classmethod
+    def _redacted(cls, value: str | None) -> str | None:
+        """Never a secret of the URL (user info, query values), rows stored before redaction too."""
+        return redact_url(value) if value else None
+
+    @field_validator("inference")
+    @classmethod
+    def _none_until_reported(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return value or None
 
 
 class ExperimentJob(BaseModel):

@@ -13,9 +13,7 @@ from sqlalchemy.orm import Session
 from medcloud.bundles.overrides import check_overrides, check_params
 from medcloud.datasets.orm import Dataset
 from medcloud.db import get_owned
-from medcloud.egress import redact_url
 from medcloud.errors import Conflict, Invalid
-from medcloud.execution.kinds import EXPERIMENT_ACTIONS
 from medcloud.experiments import catalogue
 from medcloud.experiments.orm import Experiment
 from medcloud.experiments.schemas import ExperimentCreate, ExperimentOut, ExperimentPatch
@@ -32,27 +30,7 @@ def job_ids(session: Session, experiment_id: str) -> list[str]:
 
 def to_out(row: Experiment, jobs: list[str] | None = None) -> ExperimentOut:
     """The API shape; `jobs` are the ids of the experiment's jobs when the caller loaded them."""
-    return ExperimentOut(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        network_arch=row.network_arch,
-        base_experiment=list(row.base_experiment),
-        train_datasets=list(row.train_datasets),
-        eval_dataset=row.eval_dataset,
-        inference_dataset=row.inference_dataset,
-        realtime_infer=row.realtime_infer,
-        realtime_infer_support=True,
-        realtime_infer_request_timeout=row.realtime_infer_request_timeout,
-        bundle_url=redact_url(row.bundle_url) if row.bundle_url else None,  # rows stored before redaction too
-        workspace=row.workspace,
-        model_params=dict(row.model_params),
-        inference=dict(row.inference) if row.inference else None,
-        actions=list(EXPERIMENT_ACTIONS),
-        jobs=jobs or [],
-        created_on=row.created_on,
-        last_modified=row.last_modified,
-    )
+    return ExperimentOut.model_validate(row).model_copy(update={"jobs": jobs or []})
 
 
 def _uuid(value: str, kind: str) -> str:

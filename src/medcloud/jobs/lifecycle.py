@@ -65,8 +65,8 @@ async def cancel(ctx: Context, caller: Caller, experiment_id: str, job_id: str) 
         lambda session: begin_cancel(session, _owned(session, caller, experiment_id, job_id))
     )
     for kill_id in to_kill:
-        await ctx.runner.cancel(kill_id)
-    ctx.hub.wake_all()
+        await ctx.events.job_cancel(kill_id)
+    ctx.events.controllers_wake()
     return message
 
 

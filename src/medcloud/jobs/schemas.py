@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from medcloud.timestamps import UtcDatetime
 
 
 class JobOut(BaseModel):
+    """A job as the API shows it, read from its row (`JobOut.model_validate(row)`)."""
+
+    model_config = ConfigDict(from_attributes=True)
     id: str
     parent_id: str | None
     action: str

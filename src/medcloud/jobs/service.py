@@ -18,21 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def to_out(row: Job) -> JobOut:
-    return JobOut(
-        id=row.id,
-        parent_id=row.parent_id,
-        action=row.action,
-        status=row.status,
-        specs=dict(row.specs),
-        name=row.name,
-        description=row.description,
-        result=dict(row.result),
-        heartbeat=row.heartbeat,
-        experiment_id=row.experiment_id,
-        dataset_id=row.dataset_id,
-        created_on=row.created_on,
-        last_modified=row.last_modified,
-    )
+    return JobOut.model_validate(row)
 
 
 def create(

@@ -87,8 +87,8 @@ class AnnotationController:
                 await asyncio.to_thread(self._log, note)
             if step.swap_weights is not None:
                 await self._swap(step.swap_weights)
-            if step.start_runner and self.ctx.runner is not None:
-                self.ctx.runner.wake()
+            if step.start_runner:
+                self.ctx.events.job_created()
             if step.stop:
                 return
             await self.event.wait()

@@ -73,8 +73,18 @@ class LearningHub:
     def wake_threadsafe(self) -> None:
         self._threadsafe(self.wake_all)
 
-    async def job_ended(self, _job_id: str) -> None:
-        self.wake_all()
+    async def job_ended(self, job_id: str) -> None:
+        """A job ended (the scheduler's call): wake the controllers of its experiment only."""
+
+        def experiment_of() -> str | None:
+            with self.ctx.db.session() as session:
+                return session.scalar(select(Job.experiment_id).where(Job.id == job_id))
+
+        experiment_id = await asyncio.to_thread(experiment_of)
+        for controller, _task in self._controllers.values():
+            # a controller that has not read its experiment yet looks again anyway
+            if controller.experiment_id in (None, experiment_id):
+                controller.event.set()
 
     def is_running(self, job_id: str) -> bool:
         return job_id in self._controllers
